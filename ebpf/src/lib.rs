@@ -1,0 +1,1 @@
+//! deetune-ebpf (being built).

@@ -1,0 +1,1 @@
+//! deetune-recorder (being built).

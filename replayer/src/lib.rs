@@ -1,0 +1,1 @@
+//! deetune-replayer (being built).

@@ -1,0 +1,13 @@
+//! `deetune daemon` (not built yet).
+
+use std::process::ExitCode;
+
+use super::Global;
+
+/// Arguments of `deetune daemon`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {}
+
+pub(crate) fn run(_global: &Global, _args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`deetune daemon` is not available in this build yet")
+}

@@ -1,0 +1,13 @@
+//! `deetune record` (not built yet).
+
+use std::process::ExitCode;
+
+use super::Global;
+
+/// Arguments of `deetune record`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {}
+
+pub(crate) fn run(_global: &Global, _args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`deetune record` is not available in this build yet")
+}

@@ -1,0 +1,1 @@
+//! deetune-store (being built).
