@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-pub use deetune_protocols::{Direction, Role};
+use deetune_protocols::{Direction, Role};
 
 /// A connection the capture saw, from the point of view of the local process that owns the
 /// socket.
