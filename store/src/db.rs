@@ -1,0 +1,798 @@
+//! The embedded store: tasks, their exchanges (in recorded order), topology edges and a
+//! format-version record, in sled under a data directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use deetune_protocols::Exchange;
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::now_ms;
+use crate::codec::{self, VALUE_VERSION};
+use crate::lock::LockFile;
+use crate::{BundleHeader, StoreError, TaskId, TaskRecord, TaskState, TopologyEdge};
+
+/// Store layout version, kept in the `meta` tree under `format`.
+pub const STORE_FORMAT_VERSION: u32 = 1;
+
+const KEY_FORMAT: &[u8] = b"format";
+const PENDING_PREFIX: &[u8] = b"pending:";
+const TAG_EXCHANGE: u8 = b'x';
+const TAG_INDEX: u8 = b'i';
+const TAG_USAGE: u8 = b'u';
+const MAX_TASK_ID: usize = 200;
+/// Removals are applied in batches of this size.
+const DELETE_BATCH: usize = 10_000;
+
+/// Store-wide unique exchange id: monotonic across appends and restarts.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
+#[serde(transparent)]
+pub struct ExchangeId(pub u64);
+
+impl std::fmt::Display for ExchangeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for ExchangeId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.trim().parse().map(Self)
+    }
+}
+
+/// How to open a store. [`Default`] is what [`Store::open`] uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// sled writes everything to disk at least this often (ms); a crash loses at most this
+    /// much. Default 500.
+    pub flush_every_ms: u64,
+    /// Page cache size in bytes. Default 64 MiB.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            flush_every_ms: 500,
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// How much a task holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskUsage {
+    /// Exchanges stored.
+    pub exchanges: u64,
+    /// Bytes of stored values (keys and sled overhead not counted).
+    pub bytes: u64,
+}
+
+/// Limits that [`Store::apply_retention`] enforces. Oldest tasks (by start time) go first;
+/// a running task is never removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// Keep the stored exchange bytes of all tasks at or under this.
+    pub max_bytes: Option<u64>,
+    /// Remove tasks that ended (or, if never ended, started) longer ago than this (ms).
+    pub max_age_ms: Option<u64>,
+}
+
+/// Result of an import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportSummary {
+    /// Id of the new task.
+    pub task_id: TaskId,
+    /// Exchanges imported.
+    pub exchanges: u64,
+}
+
+/// The store. One per data directory at a time: a second opener gets
+/// [`StoreError::Locked`]. Dropping it flushes.
+pub struct Store {
+    dir: PathBuf,
+    db: sled::Db,
+    meta: sled::Tree,
+    tasks: sled::Tree,
+    exchanges: sled::Tree,
+    origins: sled::Tree,
+    topology: sled::Tree,
+    usage_lock: Mutex<()>,
+    // Last: released after sled is closed.
+    _lock: LockFile,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default data directory: `/var/lib/deetune` for root, otherwise
+/// `$XDG_DATA_HOME/deetune` (or `~/.local/share/deetune`).
+#[must_use]
+pub fn default_data_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/deetune");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        let p = PathBuf::from(x);
+        if p.is_absolute() {
+            return p.join("deetune");
+        }
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/deetune"),
+        None => PathBuf::from(".deetune"),
+    }
+}
+
+fn check_task_id(id: &str) -> Result<(), StoreError> {
+    let bad = |reason| {
+        Err(StoreError::InvalidTaskId {
+            id: id.to_owned(),
+            reason,
+        })
+    };
+    if id.is_empty() {
+        return bad("empty");
+    }
+    if id.len() > MAX_TASK_ID {
+        return bad("longer than 200 bytes");
+    }
+    if id.bytes().any(|b| b == 0) {
+        return bad("contains a NUL byte");
+    }
+    Ok(())
+}
+
+fn exchange_prefix(task: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(task.len() + 10);
+    k.push(TAG_EXCHANGE);
+    k.extend_from_slice(task.as_bytes());
+    k.push(0);
+    k
+}
+
+fn index_key(id: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = TAG_INDEX;
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn usage_key(task: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(task.len() + 1);
+    k.push(TAG_USAGE);
+    k.extend_from_slice(task.as_bytes());
+    k
+}
+
+fn id_from_key(key: &[u8]) -> Result<u64, StoreError> {
+    key.len()
+        .checked_sub(8)
+        .and_then(|at| key[at..].try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt {
+            what: "exchange key".to_owned(),
+            detail: format!("{} bytes", key.len()),
+        })
+}
+
+fn decode_usage(v: &[u8]) -> TaskUsage {
+    let n = |r: std::ops::Range<usize>| {
+        v.get(r)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_be_bytes)
+    };
+    TaskUsage {
+        exchanges: n(0..8),
+        bytes: n(8..16),
+    }
+}
+
+fn encode_usage(u: TaskUsage) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&u.exchanges.to_be_bytes());
+    v[8..].copy_from_slice(&u.bytes.to_be_bytes());
+    v
+}
+
+fn edge_key(e: &TopologyEdge) -> Vec<u8> {
+    let mut k = Vec::with_capacity(e.client.len() + e.server.len() + 12);
+    k.extend_from_slice(e.client.as_bytes());
+    k.push(0);
+    k.extend_from_slice(e.server.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&e.port.to_be_bytes());
+    k.extend_from_slice(e.protocol.map_or("", |p| p.as_str()).as_bytes());
+    k
+}
+
+impl Store {
+    /// Opens (creating, mode 0700) the store in `dir` with default options.
+    ///
+    /// # Errors
+    /// [`StoreError::Locked`] when another process holds it, [`StoreError::NewerFormat`]
+    /// when a newer deetune wrote it, [`StoreError::Dir`]/[`StoreError::Sled`] otherwise.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(dir, &StoreOptions::default())
+    }
+
+    /// Opens the store in `dir` with `options`.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_with(dir: impl AsRef<Path>, options: &StoreOptions) -> Result<Self, StoreError> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let dir = dir.as_ref().to_path_buf();
+        if !dir.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|source| StoreError::Dir {
+                    path: dir.clone(),
+                    source,
+                })?;
+        }
+        let lock = LockFile::acquire(&dir)?;
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .flush_every_ms(Some(options.flush_every_ms.max(1)))
+            .cache_capacity(options.cache_bytes)
+            .open()
+            .map_err(StoreError::sled("open"))?;
+        let tree = |name: &'static str| db.open_tree(name).map_err(StoreError::sled("open tree"));
+        let store = Self {
+            meta: tree("meta")?,
+            tasks: tree("tasks")?,
+            exchanges: tree("exchanges")?,
+            origins: tree("origins")?,
+            topology: tree("topology")?,
+            db,
+            dir,
+            usage_lock: Mutex::new(()),
+            _lock: lock,
+        };
+        store.check_format()?;
+        store.recover_pending()?;
+        tracing::debug!(dir = %store.dir.display(), "Store opened.");
+        Ok(store)
+    }
+
+    fn check_format(&self) -> Result<(), StoreError> {
+        match self
+            .meta
+            .get(KEY_FORMAT)
+            .map_err(StoreError::sled("read format"))?
+        {
+            Some(v) => {
+                let found = v.as_ref().try_into().map(u32::from_be_bytes).map_err(|_| {
+                    StoreError::Corrupt {
+                        what: "format record".to_owned(),
+                        detail: format!("{} bytes", v.len()),
+                    }
+                })?;
+                if found > STORE_FORMAT_VERSION {
+                    return Err(StoreError::NewerFormat {
+                        what: format!("the store in {}", self.dir.display()),
+                        found,
+                        supported: STORE_FORMAT_VERSION,
+                    });
+                }
+            }
+            None => {
+                self.meta
+                    .insert(KEY_FORMAT, &STORE_FORMAT_VERSION.to_be_bytes())
+                    .map_err(StoreError::sled("write format"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes what an import that did not finish (crash) left behind.
+    fn recover_pending(&self) -> Result<(), StoreError> {
+        for item in self.meta.scan_prefix(PENDING_PREFIX) {
+            let (k, _) = item.map_err(StoreError::sled("scan pending"))?;
+            let task = String::from_utf8_lossy(&k[PENDING_PREFIX.len()..]).into_owned();
+            tracing::warn!(task = %task, "Removing the remains of an unfinished import.");
+            self.purge_task(&task)?;
+            self.meta
+                .remove(k)
+                .map_err(StoreError::sled("remove pending"))?;
+        }
+        Ok(())
+    }
+
+    /// The data directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes everything to disk now. Returns the bytes flushed.
+    ///
+    /// # Errors
+    /// sled cannot write.
+    pub fn flush(&self) -> Result<usize, StoreError> {
+        self.db.flush().map_err(StoreError::sled("flush"))
+    }
+
+    /// Bytes the store takes on disk (sled's figure).
+    ///
+    /// # Errors
+    /// sled cannot tell.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.db
+            .size_on_disk()
+            .map_err(StoreError::sled("size on disk"))
+    }
+
+    /// A fresh task id (`t-` and 8 hex digits) not used in this store.
+    ///
+    /// # Errors
+    /// sled cannot generate or read.
+    pub fn new_task_id(&self) -> Result<TaskId, StoreError> {
+        loop {
+            let n = self
+                .db
+                .generate_id()
+                .map_err(StoreError::sled("generate id"))?;
+            // Mix in the time so ids differ between stores.
+            let mixed = (n ^ now_ms().rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+            let id = format!("t-{mixed:08x}");
+            if !self
+                .tasks
+                .contains_key(id.as_bytes())
+                .map_err(StoreError::sled("read task"))?
+            {
+                return Ok(id);
+            }
+        }
+    }
+
+    // ---- tasks ----
+
+    /// Inserts or replaces a task.
+    ///
+    /// # Errors
+    /// Invalid id, or sled cannot write.
+    pub fn put_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
+        check_task_id(&task.id)?;
+        let v = codec::encode("task", task)?;
+        self.tasks
+            .insert(task.id.as_bytes(), v)
+            .map_err(StoreError::sled("write task"))?;
+        Ok(())
+    }
+
+    /// The task with this id, if any.
+    ///
+    /// # Errors
+    /// sled cannot read, or the record is corrupt or newer.
+    pub fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        self.tasks
+            .get(id.as_bytes())
+            .map_err(StoreError::sled("read task"))?
+            .map(|v| codec::decode(&format!("task {id}"), &v))
+            .transpose()
+    }
+
+    /// All tasks, oldest start first.
+    ///
+    /// # Errors
+    /// sled cannot read, or a record is corrupt or newer.
+    pub fn tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in &self.tasks {
+            let (k, v) = item.map_err(StoreError::sled("scan tasks"))?;
+            out.push(codec::decode::<TaskRecord>(
+                &format!("task {}", String::from_utf8_lossy(&k)),
+                &v,
+            )?);
+        }
+        out.sort_by(|a, b| a.started_ms.cmp(&b.started_ms).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Deletes a task and all its exchanges. A running task is refused
+    /// ([`StoreError::TaskRunning`]).
+    ///
+    /// # Errors
+    /// No such task, running, or sled fails.
+    pub fn delete_task(&self, id: &str) -> Result<(), StoreError> {
+        let task = self
+            .task(id)?
+            .ok_or_else(|| StoreError::NoTask { id: id.to_owned() })?;
+        if task.state == TaskState::Running {
+            return Err(StoreError::TaskRunning { id: id.to_owned() });
+        }
+        self.purge_task(id)
+    }
+
+    /// Removes a task's exchanges, usage, origin and record (in that order, so a crash in
+    /// between leaves a task with fewer exchanges, never exchanges without a task record
+    /// that could not be removed again).
+    fn purge_task(&self, id: &str) -> Result<(), StoreError> {
+        let prefix = exchange_prefix(id);
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            for item in self
+                .exchanges
+                .scan_prefix(&prefix)
+                .keys()
+                .take(DELETE_BATCH)
+            {
+                let k = item.map_err(StoreError::sled("scan exchanges"))?;
+                batch.remove(&index_key(id_from_key(&k)?));
+                batch.remove(k);
+                n += 1;
+            }
+            if n == 0 {
+                break;
+            }
+            self.exchanges
+                .apply_batch(batch)
+                .map_err(StoreError::sled("delete exchanges"))?;
+        }
+        self.exchanges
+            .remove(usage_key(id))
+            .map_err(StoreError::sled("delete usage"))?;
+        self.origins
+            .remove(id.as_bytes())
+            .map_err(StoreError::sled("delete origin"))?;
+        self.tasks
+            .remove(id.as_bytes())
+            .map_err(StoreError::sled("delete task"))?;
+        Ok(())
+    }
+
+    /// Exchanges and bytes a task holds.
+    ///
+    /// # Errors
+    /// sled cannot read.
+    pub fn task_usage(&self, id: &str) -> Result<TaskUsage, StoreError> {
+        Ok(self
+            .exchanges
+            .get(usage_key(id))
+            .map_err(StoreError::sled("read usage"))?
+            .map(|v| decode_usage(&v))
+            .unwrap_or_default())
+    }
+
+    // ---- exchanges ----
+
+    /// Appends exchanges to a task in one atomic batch; returns their ids (monotonic, in the
+    /// order given). The task record need not exist yet. Reading the task back gives them
+    /// in this order after those appended before.
+    ///
+    /// # Errors
+    /// Invalid task id, or sled fails.
+    pub fn append(
+        &self,
+        task_id: &str,
+        exchanges: &[Exchange],
+    ) -> Result<Vec<ExchangeId>, StoreError> {
+        let mut lines = Vec::with_capacity(exchanges.len());
+        for x in exchanges {
+            lines.push(codec::encode("exchange", x)?);
+        }
+        self.append_encoded(task_id, lines)
+    }
+
+    /// Appends values already encoded by `codec::encode`.
+    fn append_encoded(
+        &self,
+        task_id: &str,
+        values: Vec<Vec<u8>>,
+    ) -> Result<Vec<ExchangeId>, StoreError> {
+        check_task_id(task_id)?;
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prefix = exchange_prefix(task_id);
+        let mut batch = sled::Batch::default();
+        let mut ids = Vec::with_capacity(values.len());
+        let mut added = TaskUsage::default();
+        for v in values {
+            let id = self
+                .db
+                .generate_id()
+                .map_err(StoreError::sled("generate id"))?;
+            let mut key = Vec::with_capacity(prefix.len() + 8);
+            key.extend_from_slice(&prefix);
+            key.extend_from_slice(&id.to_be_bytes());
+            added.exchanges += 1;
+            added.bytes += v.len() as u64;
+            batch.insert(&index_key(id), task_id.as_bytes());
+            batch.insert(key, v);
+            ids.push(ExchangeId(id));
+        }
+        let _guard = self
+            .usage_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut usage = self.task_usage(task_id)?;
+        usage.exchanges += added.exchanges;
+        usage.bytes += added.bytes;
+        batch.insert(usage_key(task_id), &encode_usage(usage));
+        self.exchanges
+            .apply_batch(batch)
+            .map_err(StoreError::sled("append exchanges"))?;
+        Ok(ids)
+    }
+
+    /// A task's exchanges in recorded order, streamed.
+    pub fn exchanges(
+        &self,
+        task_id: &str,
+    ) -> impl Iterator<Item = Result<(ExchangeId, Exchange), StoreError>> + Send + 'static {
+        self.exchanges_raw(task_id).map(|item| {
+            let (id, v) = item?;
+            let x = codec::decode(&format!("exchange {id}"), &v)?;
+            Ok((id, x))
+        })
+    }
+
+    /// A task's exchanges as stored values (version byte + canonical JSON).
+    pub(crate) fn exchanges_raw(
+        &self,
+        task_id: &str,
+    ) -> impl Iterator<Item = Result<(ExchangeId, sled::IVec), StoreError>> + Send + 'static {
+        self.exchanges
+            .scan_prefix(exchange_prefix(task_id))
+            .map(|item| {
+                let (k, v) = item.map_err(StoreError::sled("scan exchanges"))?;
+                Ok((ExchangeId(id_from_key(&k)?), v))
+            })
+    }
+
+    /// One exchange by id, with its task.
+    ///
+    /// # Errors
+    /// [`StoreError::NoExchange`] when there is none; sled or decoding errors.
+    pub fn exchange(&self, id: ExchangeId) -> Result<(TaskId, Exchange), StoreError> {
+        let missing = || StoreError::NoExchange { id: id.0 };
+        let task = self
+            .exchanges
+            .get(index_key(id.0))
+            .map_err(StoreError::sled("read exchange index"))?
+            .ok_or_else(missing)?;
+        let task = String::from_utf8_lossy(&task).into_owned();
+        let mut key = exchange_prefix(&task);
+        key.extend_from_slice(&id.0.to_be_bytes());
+        let v = self
+            .exchanges
+            .get(key)
+            .map_err(StoreError::sled("read exchange"))?
+            .ok_or_else(missing)?;
+        Ok((task, codec::decode(&format!("exchange {id}"), &v)?))
+    }
+
+    // ---- topology ----
+
+    /// Inserts or replaces edges (keyed by client, server, port and protocol).
+    ///
+    /// # Errors
+    /// sled fails.
+    pub fn put_edges(&self, edges: &[TopologyEdge]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for e in edges {
+            batch.insert(edge_key(e), codec::encode("topology edge", e)?);
+        }
+        self.topology
+            .apply_batch(batch)
+            .map_err(StoreError::sled("write edges"))
+    }
+
+    /// All edges, ordered by client, server, port, protocol.
+    ///
+    /// # Errors
+    /// sled fails or a record is corrupt or newer.
+    pub fn edges(&self) -> Result<Vec<TopologyEdge>, StoreError> {
+        self.topology
+            .iter()
+            .values()
+            .map(|v| codec::decode("topology edge", &v.map_err(StoreError::sled("scan edges"))?))
+            .collect()
+    }
+
+    // ---- retention ----
+
+    /// Removes tasks over the limits: first every non-running task older than `max_age_ms`
+    /// (by end time, or start time when it never ended), then the oldest non-running tasks
+    /// until the stored bytes are at or under `max_bytes`. Returns the removed ids.
+    ///
+    /// # Errors
+    /// sled fails or a task record cannot be read.
+    pub fn apply_retention(
+        &self,
+        limits: &Retention,
+        now_ms: u64,
+    ) -> Result<Vec<TaskId>, StoreError> {
+        let mut removed = Vec::new();
+        let mut total = 0u64;
+        let mut candidates = Vec::new();
+        for t in self.tasks()? {
+            let usage = self.task_usage(&t.id)?;
+            total += usage.bytes;
+            if t.state != TaskState::Running {
+                candidates.push((t, usage));
+            }
+        }
+        for (t, usage) in candidates {
+            let age_ref = t.stopped_ms.unwrap_or(t.started_ms);
+            let too_old = limits
+                .max_age_ms
+                .is_some_and(|max| now_ms.saturating_sub(age_ref) > max);
+            let too_big = limits.max_bytes.is_some_and(|max| total > max);
+            if too_old || too_big {
+                self.purge_task(&t.id)?;
+                total = total.saturating_sub(usage.bytes);
+                tracing::info!(task = %t.id, bytes = usage.bytes, too_old, "Retention removed a task.");
+                removed.push(t.id);
+            }
+        }
+        Ok(removed)
+    }
+
+    // ---- bundles ----
+
+    /// The header of the bundle a task was imported from, if it was.
+    ///
+    /// # Errors
+    /// sled fails or the record is corrupt.
+    pub fn origin(&self, id: &str) -> Result<Option<BundleHeader>, StoreError> {
+        self.origins
+            .get(id.as_bytes())
+            .map_err(StoreError::sled("read origin"))?
+            .map(|v| codec::decode(&format!("origin of {id}"), &v))
+            .transpose()
+    }
+
+    /// The header an export of this task writes: the original bundle's header for an
+    /// imported task (so a re-export reproduces the bundle byte for byte), a new one
+    /// otherwise.
+    ///
+    /// # Errors
+    /// No such task, or sled fails.
+    pub fn export_header(&self, id: &str) -> Result<BundleHeader, StoreError> {
+        if let Some(h) = self.origin(id)? {
+            return Ok(h);
+        }
+        let task = self
+            .task(id)?
+            .ok_or_else(|| StoreError::NoTask { id: id.to_owned() })?;
+        Ok(BundleHeader::new(task))
+    }
+
+    /// Writes a task to a bundle file (`.zst` compresses). Returns the exchanges written.
+    ///
+    /// # Errors
+    /// No such task, store read errors, or file errors.
+    pub fn export_bundle(&self, id: &str, path: &Path) -> Result<u64, crate::BundleError> {
+        let wrap = |e: StoreError| crate::BundleError::Store(Box::new(e));
+        let header = self.export_header(id).map_err(wrap)?;
+        let mut w = crate::BundleWriter::create(path, &header)?;
+        for item in self.exchanges_raw(id) {
+            let (xid, v) = item.map_err(wrap)?;
+            if v.first() == Some(&VALUE_VERSION) {
+                w.write_json_line(&v[1..])?;
+            } else {
+                let x: Exchange = codec::decode(&format!("exchange {xid}"), &v).map_err(wrap)?;
+                w.write(&x)?;
+            }
+        }
+        w.finish()
+    }
+
+    /// Writes a task's HTTP exchanges as a HAR 1.2 file. Returns the entries written.
+    ///
+    /// # Errors
+    /// No such task, a non-HTTP exchange, store read errors, or file errors.
+    pub fn export_har(&self, id: &str, path: &Path) -> Result<u64, crate::BundleError> {
+        let wrap = |e: StoreError| crate::BundleError::Store(Box::new(e));
+        if self.task(id).map_err(wrap)?.is_none() {
+            return Err(wrap(StoreError::NoTask { id: id.to_owned() }));
+        }
+        crate::har::write_har_file(
+            path,
+            self.exchanges(id).map(|r| r.map(|(_, x)| x).map_err(wrap)),
+        )
+    }
+
+    /// Imports a bundle as a new task (state `imported`), all or nothing: on any error the
+    /// store is left as it was (also after a crash mid-import: the next open removes the
+    /// remains). Returns the new task id.
+    ///
+    /// # Errors
+    /// [`StoreError::Import`] naming the first bad line; sled errors.
+    pub fn import_bundle(&self, path: &Path) -> Result<ImportSummary, StoreError> {
+        let import_err = |e: crate::BundleError| StoreError::Import {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        };
+        let mut reader = crate::BundleReader::open(path).map_err(import_err)?;
+        let header = reader.header().clone();
+        let task_id = self.new_task_id()?;
+        let mut pending = PENDING_PREFIX.to_vec();
+        pending.extend_from_slice(task_id.as_bytes());
+        self.meta
+            .insert(&pending, &[])
+            .map_err(StoreError::sled("mark import"))?;
+        let result = self.import_exchanges(&task_id, &mut reader);
+        let count = match result {
+            Ok(n) => n,
+            Err(e) => {
+                self.purge_task(&task_id)?;
+                self.meta
+                    .remove(&pending)
+                    .map_err(StoreError::sled("unmark import"))?;
+                return Err(match e {
+                    ImportFailure::Bundle(b) => import_err(b),
+                    ImportFailure::Store(s) => s,
+                });
+            }
+        };
+        let mut task = header.task.clone();
+        task.id.clone_from(&task_id);
+        task.state = TaskState::Imported;
+        self.origins
+            .insert(task_id.as_bytes(), codec::encode("origin", &header)?)
+            .map_err(StoreError::sled("write origin"))?;
+        self.put_task(&task)?;
+        self.meta
+            .remove(&pending)
+            .map_err(StoreError::sled("unmark import"))?;
+        self.flush()?;
+        Ok(ImportSummary {
+            task_id,
+            exchanges: count,
+        })
+    }
+
+    fn import_exchanges(
+        &self,
+        task_id: &str,
+        reader: &mut crate::BundleReader,
+    ) -> Result<u64, ImportFailure> {
+        const BATCH: usize = 4096;
+        let mut values = Vec::with_capacity(BATCH);
+        let mut count = 0u64;
+        while let Some(item) = reader.next_raw() {
+            let (_line, x) = item.map_err(ImportFailure::Bundle)?;
+            values.push(codec::encode("exchange", &x).map_err(ImportFailure::Store)?);
+            count += 1;
+            if values.len() == BATCH {
+                self.append_encoded(task_id, std::mem::take(&mut values))
+                    .map_err(ImportFailure::Store)?;
+            }
+        }
+        self.append_encoded(task_id, values)
+            .map_err(ImportFailure::Store)?;
+        Ok(count)
+    }
+}
+
+enum ImportFailure {
+    Bundle(crate::BundleError),
+    Store(StoreError),
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.db.flush() {
+            tracing::error!(error = %e, dir = %self.dir.display(), "Flushing the store on close failed.");
+        }
+    }
+}
