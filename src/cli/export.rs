@@ -1,13 +1,75 @@
-//! `deetune export` (not built yet).
+//! `deetune export`: a task's exchanges to a bundle file (JSON Lines, `.zst` compressed when
+//! the name ends so) or to HAR 1.2.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use anyhow::Context as _;
+use deetune_store::Store;
 
 use super::Global;
 
+/// Output format of `deetune export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Format {
+    /// deetune bundle: JSON Lines, header then one exchange a line (replayable).
+    Jsonl,
+    /// HAR 1.2 (HTTP exchanges only), for browsers and HAR tools.
+    Har,
+}
+
 /// Arguments of `deetune export`.
 #[derive(Debug, clap::Args)]
-pub(crate) struct Args {}
+pub(crate) struct Args {
+    /// Task whose exchanges to export.
+    #[arg(long, value_name = "TASK")]
+    task: String,
+    /// Output file. A name ending in `.zst` is zstd-compressed; `.har` selects HAR.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// Output format (default: `har` for a `.har` name, `jsonl` otherwise).
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+}
 
-pub(crate) fn run(_global: &Global, _args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`deetune export` is not available in this build yet")
+/// Opens the store of the data directory the global options name (shared by the store
+/// commands: `export`, `import`, `exchanges`).
+pub(crate) fn open_store(global: &Global) -> anyhow::Result<Store> {
+    let dir = global
+        .data_dir
+        .clone()
+        .unwrap_or_else(deetune_store::default_data_dir);
+    Store::open(&dir).with_context(|| format!("opening the store in {}", dir.display()))
+}
+
+/// The data access of `export`: one call, so it can go through the daemon when one owns
+/// the store.
+fn export(global: &Global, task: &str, output: &Path, format: Format) -> anyhow::Result<u64> {
+    let store = open_store(global)?;
+    let n = match format {
+        Format::Jsonl => store.export_bundle(task, output),
+        Format::Har => store.export_har(task, output),
+    };
+    n.with_context(|| format!("exporting task {task} to {}", output.display()))
+}
+
+pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
+    let format = args.format.unwrap_or_else(|| {
+        if args
+            .output
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("har"))
+        {
+            Format::Har
+        } else {
+            Format::Jsonl
+        }
+    });
+    let n = export(global, &args.task, &args.output, format)?;
+    eprintln!(
+        "exported {n} exchanges of task {} to {}",
+        args.task,
+        args.output.display()
+    );
+    Ok(crate::exit::success())
 }

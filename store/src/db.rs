@@ -796,3 +796,59 @@ impl Drop for Store {
         }
     }
 }
+
+/// Which exchanges [`Store::find_exchanges`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExchangeQuery {
+    /// Glob over the interface (`GET /api/*`, `SET`, `SELECT users`); case-sensitive.
+    pub interface: Option<String>,
+    /// At most this many.
+    pub limit: Option<usize>,
+}
+
+impl Store {
+    /// A task's exchanges matching `query`, in recorded order.
+    ///
+    /// # Errors
+    /// No such task, a bad glob, sled or decoding errors.
+    pub fn find_exchanges(
+        &self,
+        task_id: &str,
+        query: &ExchangeQuery,
+    ) -> Result<Vec<(ExchangeId, Exchange)>, StoreError> {
+        if self.task(task_id)?.is_none() {
+            return Err(StoreError::NoTask {
+                id: task_id.to_owned(),
+            });
+        }
+        let matcher = query
+            .interface
+            .as_deref()
+            .map(|p| {
+                globset::GlobBuilder::new(p)
+                    .literal_separator(false)
+                    .build()
+                    .map(|g| g.compile_matcher())
+                    .map_err(|source| StoreError::Pattern {
+                        pattern: p.to_owned(),
+                        source,
+                    })
+            })
+            .transpose()?;
+        let limit = query.limit.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        for item in self.exchanges(task_id) {
+            let (id, x) = item?;
+            if matcher.as_ref().is_none_or(|m| m.is_match(x.interface())) {
+                out.push((id, x));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
