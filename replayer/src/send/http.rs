@@ -1,0 +1,137 @@
+//! HTTP/1.x requests, rewritten for the target.
+
+use deetune_protocols::HttpRequest;
+
+use super::SendOptions;
+use crate::target::Target;
+
+/// Hop-by-hop and framing headers, which the replayer sets itself.
+const DROPPED: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+pub(crate) fn rewrite_target(target: &str, rules: &[(String, String)]) -> String {
+    for (from, to) in rules {
+        if let Some(rest) = target.strip_prefix(from.as_str()) {
+            return format!("{to}{rest}");
+        }
+    }
+    target.to_owned()
+}
+
+pub(crate) fn request_bytes(req: &HttpRequest, target: &Target, opts: &SendOptions) -> Vec<u8> {
+    let body = req.body.raw.as_bytes();
+    let mut out = Vec::with_capacity(256 + body.len());
+    let path = rewrite_target(&req.target, &opts.rewrite_path);
+    let version = if req.version.starts_with("HTTP/1.") {
+        req.version.as_str()
+    } else {
+        "HTTP/1.1"
+    };
+    out.extend_from_slice(req.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(version.as_bytes());
+    out.extend_from_slice(b"\r\nHost: ");
+    out.extend_from_slice(target.authority().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in &req.headers {
+        if DROPPED.iter().any(|d| h.name.eq_ignore_ascii_case(d))
+            || opts
+                .set_headers
+                .iter()
+                .any(|(n, _)| h.name.eq_ignore_ascii_case(n))
+            || h.name
+                .bytes()
+                .any(|b| b == b'\r' || b == b'\n' || b == b':')
+        {
+            continue;
+        }
+        let value: Vec<u8> = h
+            .value
+            .as_bytes()
+            .iter()
+            .copied()
+            .filter(|b| *b != b'\r' && *b != b'\n')
+            .collect();
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&value);
+        out.extend_from_slice(b"\r\n");
+    }
+    for (n, v) in &opts.set_headers {
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if version == "HTTP/1.0" {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    let needs_length = !body.is_empty() || matches!(req.method.as_str(), "POST" | "PUT" | "PATCH");
+    if needs_length {
+        out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deetune_protocols::{Body, Header};
+
+    #[test]
+    fn rewrites_host_headers_and_path() {
+        let req = HttpRequest {
+            method: "POST".into(),
+            target: "/v1/orders?x=1".into(),
+            version: "HTTP/1.1".into(),
+            headers: vec![
+                Header {
+                    name: "Host".into(),
+                    value: "prod:80".into(),
+                },
+                Header {
+                    name: "X-Token".into(),
+                    value: "old".into(),
+                },
+                Header {
+                    name: "Transfer-Encoding".into(),
+                    value: "chunked".into(),
+                },
+                Header {
+                    name: "Accept".into(),
+                    value: "*/*".into(),
+                },
+            ],
+            body: Body {
+                raw: "{}".into(),
+                decoded: None,
+                len: 2,
+                truncated: false,
+            },
+        };
+        let target = Target::parse("http://staging:8080").unwrap();
+        let opts = SendOptions {
+            set_headers: vec![("X-Token".into(), "new".into())],
+            rewrite_path: vec![("/v1/".into(), "/v2/".into())],
+            ..SendOptions::default()
+        };
+        let text = String::from_utf8(request_bytes(&req, &target, &opts)).unwrap();
+        assert_eq!(
+            text,
+            "POST /v2/orders?x=1 HTTP/1.1\r\nHost: staging:8080\r\nAccept: */*\r\nX-Token: new\r\nContent-Length: 2\r\n\r\n{}"
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! One connection to a target: bytes out, bytes in, and the protocol's own decoder over both
+//! directions, so that replayed responses are normalized exactly like recorded ones.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deetune_protocols::{new_decoder, DecoderConfig, Direction, Exchange, Protocol, StreamDecoder};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::target::{Resolved, Scheme};
+use crate::SendError;
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+pub(crate) struct Wire {
+    io: Box<dyn Io>,
+    decoder: Box<dyn StreamDecoder>,
+    ready: VecDeque<Exchange>,
+    scratch: Vec<Exchange>,
+    buf: Vec<u8>,
+    /// Bytes read but not yet consumed by `read_packet` (MySQL handshake).
+    pending: Vec<u8>,
+    timeout: Duration,
+    pub(crate) eof: bool,
+    peer: String,
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+impl Wire {
+    pub(crate) async fn connect(
+        target: &Resolved,
+        protocol: Protocol,
+        timeout: Duration,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, SendError> {
+        let t = &target.target;
+        let peer = format!("{}:{}", t.host, t.port);
+        if let Some(e) = &target.lookup_error {
+            return Err(SendError::target(e.clone()));
+        }
+        let mut last = None;
+        let mut tcp = None;
+        for addr in &target.addrs {
+            match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Ok(Err(e)) => last = Some(format!("connect to {addr}: {e}")),
+                Err(_) => last = Some(format!("connect to {addr}: timed out after {timeout:?}")),
+            }
+        }
+        let tcp = tcp.ok_or_else(|| {
+            SendError::target(last.unwrap_or_else(|| format!("no address for {peer}")))
+        })?;
+        let _ = tcp.set_nodelay(true);
+        let io: Box<dyn Io> = match (t.scheme, tls) {
+            (Scheme::Https, Some(cfg)) => {
+                let name =
+                    rustls::pki_types::ServerName::try_from(t.host.clone()).map_err(|e| {
+                        SendError::target(format!("bad TLS server name {}: {e}", t.host))
+                    })?;
+                let conn = tokio_rustls::TlsConnector::from(Arc::clone(cfg));
+                let s = tokio::time::timeout(timeout, conn.connect(name, tcp))
+                    .await
+                    .map_err(|_| SendError::target(format!("TLS handshake with {peer} timed out")))?
+                    .map_err(|e| SendError::target(format!("TLS handshake with {peer}: {e}")))?;
+                Box::new(s)
+            }
+            (Scheme::Https, None) => {
+                return Err(SendError::internal("TLS is not available in this process"))
+            }
+            _ => Box::new(tcp),
+        };
+        let decoder = new_decoder(protocol, DecoderConfig::default())
+            .ok_or_else(|| SendError::internal(format!("no decoder for {protocol}")))?;
+        Ok(Self {
+            io,
+            decoder,
+            ready: VecDeque::new(),
+            scratch: Vec::new(),
+            buf: vec![0; 64 << 10],
+            pending: Vec::new(),
+            timeout,
+            eof: false,
+            peer,
+        })
+    }
+
+    pub(crate) fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// Writes request bytes and shows them to the decoder.
+    pub(crate) async fn send(&mut self, bytes: &[u8]) -> Result<(), SendError> {
+        self.decoder.push(Direction::Request, now_ns(), bytes);
+        let res = tokio::time::timeout(self.timeout, async {
+            self.io.write_all(bytes).await?;
+            self.io.flush().await
+        })
+        .await;
+        match res {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.eof = true;
+                Err(SendError::target(format!("write to {}: {e}", self.peer)))
+            }
+            Err(_) => Err(SendError::target(format!(
+                "write to {} timed out after {:?}",
+                self.peer, self.timeout
+            ))),
+        }
+    }
+
+    async fn read_some(&mut self) -> Result<usize, SendError> {
+        match tokio::time::timeout(self.timeout, self.io.read(&mut self.buf)).await {
+            Ok(Ok(n)) => {
+                if n == 0 {
+                    self.eof = true;
+                }
+                Ok(n)
+            }
+            Ok(Err(e)) => {
+                self.eof = true;
+                Err(SendError::target(format!("read from {}: {e}", self.peer)))
+            }
+            Err(_) => Err(SendError::target(format!(
+                "no response from {} within {:?}",
+                self.peer, self.timeout
+            ))),
+        }
+    }
+
+    fn drain(&mut self) {
+        self.decoder.drain(&mut self.scratch);
+        self.ready.extend(self.scratch.drain(..));
+    }
+
+    /// The next exchange the decoder completes on this connection.
+    pub(crate) async fn next_exchange(&mut self) -> Result<Exchange, SendError> {
+        loop {
+            if let Some(x) = self.ready.pop_front() {
+                return Ok(x);
+            }
+            if self.eof {
+                self.decoder.close(now_ns());
+                self.drain();
+                return self.ready.pop_front().ok_or_else(|| {
+                    SendError::target(format!(
+                        "{} closed the connection without a response",
+                        self.peer
+                    ))
+                });
+            }
+            let n = self.read_some().await?;
+            if n > 0 {
+                self.decoder
+                    .push(Direction::Response, now_ns(), &self.buf[..n]);
+            }
+            self.drain();
+        }
+    }
+
+    /// Sends a request and waits for its exchange.
+    pub(crate) async fn round_trip(&mut self, bytes: &[u8]) -> Result<Exchange, SendError> {
+        self.send(bytes).await?;
+        self.next_exchange().await
+    }
+
+    /// Drops exchanges the decoder completed that nobody waits for (handshakes).
+    pub(crate) fn discard_ready(&mut self) {
+        self.drain();
+        self.ready.clear();
+    }
+
+    /// Reads one MySQL packet (header and payload), showing its bytes to the decoder;
+    /// returns (sequence id, payload).
+    pub(crate) async fn read_packet(&mut self) -> Result<(u8, Vec<u8>), SendError> {
+        loop {
+            if self.pending.len() >= 4 {
+                let len = usize::from(self.pending[0])
+                    | usize::from(self.pending[1]) << 8
+                    | usize::from(self.pending[2]) << 16;
+                if self.pending.len() >= 4 + len {
+                    let seq = self.pending[3];
+                    let packet: Vec<u8> = self.pending.drain(..4 + len).collect();
+                    self.decoder.push(Direction::Response, now_ns(), &packet);
+                    return Ok((seq, packet[4..].to_vec()));
+                }
+            }
+            if self.eof {
+                return Err(SendError::target(format!(
+                    "{} closed the connection during the handshake",
+                    self.peer
+                )));
+            }
+            let n = self.read_some().await?;
+            self.pending.extend_from_slice(&self.buf[..n]);
+        }
+    }
+}
+
+pub(crate) fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
+        .map_err(|e| e.to_string())
+}
