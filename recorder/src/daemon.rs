@@ -1,0 +1,193 @@
+//! The daemon: owns the store and the event source (the capture), runs the engine, serves the
+//! control API on a Unix socket (mode 0600), and on shutdown flushes and marks running tasks
+//! interrupted.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use deetune_store::{Store, TaskState};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::api::{serve, ApiState};
+use crate::engine::{now_ms, Command, Engine, EngineOptions, EventSource, StoreSink};
+use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::services::{ServiceNamer, ServiceRule, ServiceRuleError};
+use crate::tasks::TaskManager;
+use crate::topology::TopologyAggregator;
+
+/// The default control socket.
+pub const DEFAULT_SOCKET: &str = "/run/deetune/deetune.sock";
+
+/// The configuration file (TOML). Every field is optional.
+///
+/// ```toml
+/// socket = "/run/deetune/deetune.sock"
+/// data_dir = "/var/lib/deetune"
+///
+/// [[service]]
+/// name = "checkout"
+/// port = 8080
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecorderConfig {
+    /// Control socket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// Data directory of the store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Service naming rules, first match wins.
+    #[serde(rename = "service", skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceRule>,
+}
+
+/// The daemon could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The configuration file cannot be read or parsed.
+    #[error("cannot read the configuration {path}: {reason}")]
+    Config {
+        /// File.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A service rule is invalid.
+    #[error(transparent)]
+    Rule(#[from] ServiceRuleError),
+    /// Another daemon answers on the socket.
+    #[error("a daemon already runs on {0}")]
+    AlreadyRunning(PathBuf),
+    /// The socket cannot be set up.
+    #[error("cannot listen on {path}: {source}")]
+    Socket {
+        /// Socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] deetune_store::StoreError),
+}
+
+impl RecorderConfig {
+    /// Reads a TOML file.
+    ///
+    /// # Errors
+    /// [`DaemonError::Config`] when unreadable or invalid.
+    pub fn load(path: &Path) -> Result<Self, DaemonError> {
+        let text = std::fs::read_to_string(path).map_err(|e| DaemonError::Config {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let cfg: Self = toml::from_str(&text).map_err(|e| DaemonError::Config {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        ServiceNamer::new(&cfg.services)?;
+        Ok(cfg)
+    }
+}
+
+/// Marks tasks left running by a previous daemon as interrupted; returns how many.
+///
+/// # Errors
+/// The store failed.
+pub fn interrupt_running(store: &Store) -> Result<usize, deetune_store::StoreError> {
+    let mut n = 0;
+    for mut t in store.tasks()? {
+        if t.state == TaskState::Running {
+            t.state = TaskState::Interrupted;
+            t.stop_reason = Some("daemon stopped".to_owned());
+            t.stopped_ms = Some(now_ms());
+            store.put_task(&t)?;
+            n += 1;
+        }
+    }
+    store.flush()?;
+    Ok(n)
+}
+
+async fn bind(socket: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
+    let sock_err = |source| DaemonError::Socket {
+        path: socket.to_owned(),
+        source,
+    };
+    if socket.exists() {
+        if tokio::net::UnixStream::connect(socket).await.is_ok() {
+            return Err(DaemonError::AlreadyRunning(socket.to_owned()));
+        }
+        std::fs::remove_file(socket).map_err(sock_err)?;
+    }
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(sock_err)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(sock_err)?;
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(socket).map_err(sock_err)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(sock_err)?;
+    Ok(listener)
+}
+
+/// Runs the daemon until `shutdown` resolves (or the source ends): binds `socket`, marks
+/// previously running tasks interrupted, serves the API, records, and at the end flushes,
+/// marks running tasks interrupted and removes the socket.
+///
+/// # Errors
+/// Start-up failures; see [`DaemonError`].
+pub async fn run_daemon<E: EventSource>(
+    store: Arc<Store>,
+    rules: &[ServiceRule],
+    socket: &Path,
+    source: E,
+    capture: bool,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let namer = ServiceNamer::new(rules)?;
+    let listener = bind(socket).await?;
+    let interrupted = interrupt_running(&store)?;
+    if interrupted > 0 {
+        tracing::warn!(tasks = interrupted, "Tasks left running by the previous daemon are now interrupted; `deetune task resume ID` restarts them.");
+    }
+    let topology = TopologyAggregator::from_edges(store.edges()?);
+    let pipeline = Pipeline::new(
+        PipelineConfig::default(),
+        namer,
+        TaskManager::new(),
+        topology,
+    );
+    let mut engine = Engine::new(pipeline, StoreSink(store.clone()), EngineOptions::default());
+    let (tx, rx) = mpsc::channel::<Command>(64);
+    let api = tokio::spawn(serve(
+        listener,
+        ApiState {
+            commands: tx,
+            store: store.clone(),
+            capture,
+        },
+    ));
+    tracing::info!(socket = %socket.display(), data_dir = %store.dir().display(), capture, "The daemon is ready.");
+    let end = engine.run(source, rx, shutdown).await;
+    api.abort();
+    tracing::info!(?end, "The daemon is stopping.");
+    // Running tasks survive as interrupted.
+    let now = now_ms();
+    let running: Vec<_> = engine.pipeline.tasks.running().cloned().collect();
+    for mut t in running {
+        t.state = TaskState::Interrupted;
+        t.stop_reason = Some("daemon stopped".to_owned());
+        t.stopped_ms = Some(now);
+        store.put_task(&t)?;
+    }
+    store.put_edges(&engine.pipeline.topology.edges())?;
+    store.flush()?;
+    let _ = std::fs::remove_file(socket);
+    Ok(())
+}

@@ -1,0 +1,574 @@
+//! The engine: drives a [`Pipeline`] from an event source, takes commands (start/stop tasks,
+//! read the topology), and writes what tasks record to a [`Sink`] in batches.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use deetune_protocols::Exchange;
+use deetune_store::{
+    BundleHeader, BundleWriter, Store, TaskId, TaskRecord, TaskSpec, TopologyEdge,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::events::StreamEvent;
+use crate::pipeline::{Pipeline, PipelineStats};
+use crate::policy::PolicyError;
+use crate::tasks::NotRunning;
+
+/// Unix time in ms.
+#[must_use]
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Writing to the store or the bundle failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {op}: {source}")]
+pub struct SinkError {
+    /// What was being done.
+    pub op: &'static str,
+    /// Why.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl SinkError {
+    fn new(op: &'static str) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> Self {
+        move |source| Self { op, source }
+    }
+}
+
+/// Where recorded exchanges, task records and topology edges go.
+pub trait Sink: Send {
+    /// Exchanges, each with its task, in recorded order.
+    ///
+    /// # Errors
+    /// The write failed.
+    fn write(&mut self, batch: &[(TaskId, Exchange)]) -> Result<(), SinkError>;
+    /// A task record changed.
+    ///
+    /// # Errors
+    /// The write failed.
+    fn put_task(&mut self, task: &TaskRecord) -> Result<(), SinkError>;
+    /// The topology, whole.
+    ///
+    /// # Errors
+    /// The write failed.
+    fn put_edges(&mut self, edges: &[TopologyEdge]) -> Result<(), SinkError>;
+    /// Make everything durable.
+    ///
+    /// # Errors
+    /// The flush failed.
+    fn flush(&mut self) -> Result<(), SinkError>;
+}
+
+/// The embedded store as a sink (the daemon's).
+#[derive(Debug, Clone)]
+pub struct StoreSink(pub Arc<Store>);
+
+impl Sink for StoreSink {
+    fn write(&mut self, batch: &[(TaskId, Exchange)]) -> Result<(), SinkError> {
+        let mut i = 0;
+        while i < batch.len() {
+            let task = &batch[i].0;
+            let mut j = i;
+            while j < batch.len() && batch[j].0 == *task {
+                j += 1;
+            }
+            let exs: Vec<Exchange> = batch[i..j].iter().map(|(_, e)| e.clone()).collect();
+            self.0
+                .append(task, &exs)
+                .map_err(|e| SinkError::new("append exchanges to the store")(Box::new(e)))?;
+            i = j;
+        }
+        Ok(())
+    }
+
+    fn put_task(&mut self, task: &TaskRecord) -> Result<(), SinkError> {
+        self.0
+            .put_task(task)
+            .map_err(|e| SinkError::new("save a task")(Box::new(e)))
+    }
+
+    fn put_edges(&mut self, edges: &[TopologyEdge]) -> Result<(), SinkError> {
+        self.0
+            .put_edges(edges)
+            .map_err(|e| SinkError::new("save the topology")(Box::new(e)))
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.0
+            .flush()
+            .map(|_| ())
+            .map_err(|e| SinkError::new("flush the store")(Box::new(e)))
+    }
+}
+
+/// A bundle file as a sink (`deetune record -o`): exchanges in order; the header holds the
+/// task as it started; the final record is kept in [`BundleSink::last_task`].
+#[derive(Debug)]
+pub struct BundleSink {
+    writer: Option<BundleWriter>,
+    path: PathBuf,
+    /// The last task record seen.
+    pub last_task: Option<TaskRecord>,
+}
+
+impl BundleSink {
+    /// Creates the file (`.zst` compresses).
+    ///
+    /// # Errors
+    /// The file cannot be created.
+    pub fn create(path: PathBuf, task: &TaskRecord) -> Result<Self, SinkError> {
+        let writer = BundleWriter::create(&path, &BundleHeader::new(task.clone()))
+            .map_err(|e| SinkError::new("create the bundle")(Box::new(e)))?;
+        Ok(Self {
+            writer: Some(writer),
+            path,
+            last_task: Some(task.clone()),
+        })
+    }
+
+    /// Finishes the file; returns the number of exchanges written.
+    ///
+    /// # Errors
+    /// The last write failed.
+    pub fn finish(&mut self) -> Result<u64, SinkError> {
+        match self.writer.take() {
+            Some(w) => w
+                .finish()
+                .map_err(|e| SinkError::new("finish the bundle")(Box::new(e))),
+            None => Ok(0),
+        }
+    }
+
+    /// The file.
+    #[must_use]
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Sink for BundleSink {
+    fn write(&mut self, batch: &[(TaskId, Exchange)]) -> Result<(), SinkError> {
+        let Some(w) = &mut self.writer else {
+            return Ok(());
+        };
+        for (_, e) in batch {
+            w.write(e)
+                .map_err(|e| SinkError::new("write to the bundle")(Box::new(e)))?;
+        }
+        Ok(())
+    }
+
+    fn put_task(&mut self, task: &TaskRecord) -> Result<(), SinkError> {
+        self.last_task = Some(task.clone());
+        Ok(())
+    }
+
+    fn put_edges(&mut self, _edges: &[TopologyEdge]) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// Everything in memory (tests, in-process users).
+#[derive(Debug, Clone, Default)]
+pub struct MemorySink {
+    /// Recorded exchanges.
+    pub exchanges: Arc<Mutex<Vec<(TaskId, Exchange)>>>,
+    /// Last record of each task.
+    pub tasks: Arc<Mutex<Vec<TaskRecord>>>,
+    /// Last topology.
+    pub edges: Arc<Mutex<Vec<TopologyEdge>>>,
+}
+
+impl Sink for MemorySink {
+    fn write(&mut self, batch: &[(TaskId, Exchange)]) -> Result<(), SinkError> {
+        self.exchanges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(batch);
+        Ok(())
+    }
+
+    fn put_task(&mut self, task: &TaskRecord) -> Result<(), SinkError> {
+        let mut t = self
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        t.retain(|x| x.id != task.id);
+        t.push(task.clone());
+        Ok(())
+    }
+
+    fn put_edges(&mut self, edges: &[TopologyEdge]) -> Result<(), SinkError> {
+        *self
+            .edges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = edges.to_vec();
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// Something that yields stream events: the capture, a channel, a pcap reader.
+pub trait EventSource: Send {
+    /// The next event; none when the source ended.
+    fn next_event(&mut self) -> impl std::future::Future<Output = Option<StreamEvent>> + Send;
+}
+
+impl EventSource for mpsc::Receiver<StreamEvent> {
+    async fn next_event(&mut self) -> Option<StreamEvent> {
+        self.recv().await
+    }
+}
+
+/// A source that never yields (a daemon without capture).
+#[derive(Debug, Default)]
+pub struct NoEvents;
+
+impl EventSource for NoEvents {
+    async fn next_event(&mut self) -> Option<StreamEvent> {
+        std::future::pending().await
+    }
+}
+
+/// A command to the engine.
+#[derive(Debug)]
+pub enum Command {
+    /// Start a task.
+    Start(TaskSpec, oneshot::Sender<Result<TaskRecord, PolicyError>>),
+    /// Resume an interrupted or stopped task.
+    Resume(TaskRecord, oneshot::Sender<Result<TaskRecord, PolicyError>>),
+    /// Stop a running task.
+    Stop(TaskId, oneshot::Sender<Result<TaskRecord, NotRunning>>),
+    /// The running tasks with their live counters.
+    Running(oneshot::Sender<Vec<TaskRecord>>),
+    /// The topology.
+    Topology(oneshot::Sender<Vec<TopologyEdge>>),
+    /// Counters.
+    Stats(oneshot::Sender<EngineStats>),
+    /// Write everything out now.
+    Flush(oneshot::Sender<Result<(), String>>),
+}
+
+/// What the engine reports about itself.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct EngineStats {
+    /// Pipeline counters.
+    pub pipeline: PipelineStats,
+    /// Open connections.
+    pub open_connections: u64,
+    /// Running tasks.
+    pub running_tasks: u64,
+    /// Batches written.
+    pub batches: u64,
+    /// Sink errors (each also logged).
+    pub sink_errors: u64,
+}
+
+/// How the engine batches.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// Flush at least this often.
+    pub flush_every: Duration,
+    /// Flush when this many exchanges wait.
+    pub batch: usize,
+    /// Stop when no task runs any more (`deetune record`).
+    pub exit_when_idle: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            flush_every: Duration::from_millis(200),
+            batch: 512,
+            exit_when_idle: false,
+        }
+    }
+}
+
+/// How the engine ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineEnd {
+    /// The source ended.
+    SourceEnded,
+    /// Shut down on request.
+    Shutdown,
+    /// No task left (with `exit_when_idle`).
+    Idle,
+}
+
+/// The engine.
+pub struct Engine<S: Sink> {
+    /// The pipeline.
+    pub pipeline: Pipeline,
+    /// The sink.
+    pub sink: S,
+    options: EngineOptions,
+    stats: EngineStats,
+    /// Tasks that ended, final records, in order.
+    pub ended: Vec<TaskRecord>,
+}
+
+impl<S: Sink> std::fmt::Debug for Engine<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("pipeline", &self.pipeline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Sink> Engine<S> {
+    /// An engine.
+    pub fn new(pipeline: Pipeline, sink: S, options: EngineOptions) -> Self {
+        Self {
+            pipeline,
+            sink,
+            options,
+            stats: EngineStats::default(),
+            ended: Vec::new(),
+        }
+    }
+
+    /// Counters.
+    #[must_use]
+    pub fn stats(&self) -> EngineStats {
+        let mut s = self.stats.clone();
+        s.pipeline = self.pipeline.stats().clone();
+        s.open_connections = self.pipeline.open_connections() as u64;
+        s.running_tasks = self.pipeline.tasks.running().count() as u64;
+        s
+    }
+
+    /// Writes waiting exchanges and changed task records.
+    ///
+    /// # Errors
+    /// The sink failed (the exchanges are lost, and counted).
+    pub fn flush(&mut self, durable: bool) -> Result<(), SinkError> {
+        let out = self.pipeline.take_output();
+        let mut result = Ok(());
+        if !out.is_empty() {
+            self.stats.batches += 1;
+            if let Err(e) = self.sink.write(&out) {
+                self.stats.sink_errors += 1;
+                tracing::error!(error = %e, lost = out.len(), "Recorded exchanges could not be written.");
+                result = Err(e);
+            }
+        }
+        // Persist task records after their exchanges: a record never counts exchanges the
+        // store does not have.
+        let changed = self.pipeline.tasks.take_changed();
+        let ended = self.pipeline.tasks.take_ended();
+        for id in changed {
+            let rec = self
+                .pipeline
+                .tasks
+                .get(&id)
+                .cloned()
+                .or_else(|| ended.iter().find(|r| r.id == id).cloned());
+            if let Some(rec) = rec {
+                if let Err(e) = self.sink.put_task(&rec) {
+                    self.stats.sink_errors += 1;
+                    tracing::error!(error = %e, task = %rec.id, "A task record could not be saved.");
+                    result = Err(e);
+                }
+            }
+        }
+        for rec in &ended {
+            self.ended.push(rec.clone());
+            tracing::info!(task = %rec.id, reason = rec.stop_reason.as_deref().unwrap_or(""), recorded = rec.stats.recorded, "Task ended.");
+        }
+        if durable {
+            if let Err(e) = self
+                .sink
+                .put_edges(&self.pipeline.topology.edges())
+                .and_then(|()| self.sink.flush())
+            {
+                self.stats.sink_errors += 1;
+                tracing::error!(error = %e, "The store could not be flushed.");
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = now_ms();
+        match cmd {
+            Command::Start(spec, reply) => {
+                let r = self.pipeline.tasks.start(spec, now);
+                if let Ok(t) = &r {
+                    tracing::info!(task = %t.id, "Task started.");
+                }
+                let _ = self.flush(true);
+                let _ = reply.send(r);
+            }
+            Command::Resume(rec, reply) => {
+                let r = self.pipeline.tasks.resume(rec, now);
+                let _ = self.flush(true);
+                let _ = reply.send(r);
+            }
+            Command::Stop(id, reply) => {
+                let r = self
+                    .pipeline
+                    .tasks
+                    .stop(&id, crate::tasks::reason::USER, now);
+                let _ = self.flush(true);
+                let _ = reply.send(r);
+            }
+            Command::Running(reply) => {
+                let _ = reply.send(self.pipeline.tasks.running().cloned().collect());
+            }
+            Command::Topology(reply) => {
+                let _ = reply.send(self.pipeline.topology.edges());
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(self.stats());
+            }
+            Command::Flush(reply) => {
+                let _ = reply.send(self.flush(true).map_err(|e| e.to_string()));
+            }
+        }
+    }
+
+    /// Runs until the source ends, `shutdown` fires, or (with `exit_when_idle`) no task is
+    /// left; flushes before returning.
+    pub async fn run<E: EventSource>(
+        &mut self,
+        mut source: E,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> EngineEnd {
+        let mut tick = tokio::time::interval(self.options.flush_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        let mut commands_open = true;
+        let end = loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break EngineEnd::Shutdown,
+                cmd = commands.recv(), if commands_open => match cmd {
+                    Some(c) => self.command(c),
+                    None => commands_open = false,
+                },
+                _ = tick.tick() => {
+                    self.pipeline.tick(now_ms());
+                    let _ = self.flush(true);
+                    if self.options.exit_when_idle && self.pipeline.tasks.is_empty() {
+                        break EngineEnd::Idle;
+                    }
+                }
+                ev = source.next_event() => match ev {
+                    Some(ev) => {
+                        self.pipeline.handle(ev);
+                        if self.pipeline.output_len() >= self.options.batch {
+                            let _ = self.flush(false);
+                        }
+                        if self.options.exit_when_idle && self.pipeline.tasks.is_empty() {
+                            break EngineEnd::Idle;
+                        }
+                    }
+                    None => break EngineEnd::SourceEnded,
+                },
+            }
+        };
+        if end == EngineEnd::SourceEnded {
+            self.pipeline.close_all(now_ms().saturating_mul(1_000_000));
+        }
+        let _ = self.flush(true);
+        end
+    }
+}
+
+impl EventSource for crate::capture::Capture {
+    async fn next_event(&mut self) -> Option<StreamEvent> {
+        crate::capture::Capture::next_event(self).await
+    }
+}
+
+/// A new task record for `spec` (state `running`, id `t-…`), to pass to [`record`] and to a
+/// bundle header.
+#[must_use]
+pub fn new_task(spec: TaskSpec) -> TaskRecord {
+    let now = now_ms();
+    TaskRecord {
+        id: format!("t-{now:x}"),
+        spec,
+        state: deetune_store::TaskState::Running,
+        stop_reason: None,
+        started_ms: now,
+        stopped_ms: None,
+        stats: deetune_store::TaskStats::default(),
+    }
+}
+
+/// Records one task in the foreground until its duration or count ends it, the source ends,
+/// or `stop` resolves (Ctrl-C); returns the final task record (state `stopped`, with its
+/// counters). `sink` receives the exchanges; `rules` name the services.
+///
+/// # Errors
+/// The policy or a service rule is invalid.
+pub async fn record<E: EventSource, S: Sink>(
+    task: TaskRecord,
+    rules: &[crate::services::ServiceRule],
+    source: E,
+    sink: S,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(TaskRecord, S, EngineStats), RecordError> {
+    let namer = crate::services::ServiceNamer::new(rules)?;
+    let mut tasks = crate::tasks::TaskManager::new();
+    let task = tasks.resume(task, now_ms())?;
+    let pipeline = Pipeline::new(
+        crate::pipeline::PipelineConfig::default(),
+        namer,
+        tasks,
+        crate::topology::TopologyAggregator::default(),
+    );
+    let mut engine = Engine::new(
+        pipeline,
+        sink,
+        EngineOptions {
+            exit_when_idle: true,
+            ..EngineOptions::default()
+        },
+    );
+    let (_tx, rx) = mpsc::channel(1);
+    let end = engine.run(source, rx, stop).await;
+    if end != EngineEnd::Idle {
+        let _ = engine
+            .pipeline
+            .tasks
+            .stop(&task.id, crate::tasks::reason::USER, now_ms());
+        let _ = engine.flush(true);
+    }
+    let stats = engine.stats();
+    let Engine { sink, ended, .. } = engine;
+    let final_record = ended
+        .into_iter()
+        .rev()
+        .find(|r| r.id == task.id)
+        .unwrap_or(task);
+    Ok((final_record, sink, stats))
+}
+
+/// [`record`] could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Invalid policy.
+    #[error("invalid policy: {0}")]
+    Policy(#[from] PolicyError),
+    /// Invalid service rule.
+    #[error(transparent)]
+    Rule(#[from] crate::services::ServiceRuleError),
+}

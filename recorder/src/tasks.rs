@@ -1,0 +1,454 @@
+//! Running tasks: which exchanges each one keeps, its counters, and when it stops.
+
+use std::hash::{Hash as _, Hasher as _};
+
+use deetune_protocols::{Body, Exchange, Payload, Request, Response};
+use deetune_store::{TaskId, TaskRecord, TaskSpec, TaskState, TaskStats};
+
+use crate::policy::{Policy, PolicyError};
+
+/// Why the bytes of an exchange's connection went missing, as far as the pipeline knows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Loss {
+    /// No loss.
+    #[default]
+    None,
+    /// The kernel ring buffer had no room.
+    RingBuffer,
+    /// Any other gap (over the per-syscall cap, unreadable buffer, timeout).
+    Gap,
+}
+
+/// Stop reasons, as stored in [`TaskRecord::stop_reason`].
+pub mod reason {
+    /// The duration elapsed.
+    pub const DURATION: &str = "duration";
+    /// `count` exchanges were recorded.
+    pub const COUNT: &str = "count";
+    /// `task stop` or the end of `deetune record`.
+    pub const USER: &str = "stopped by user";
+}
+
+#[derive(Debug)]
+struct Active {
+    record: TaskRecord,
+    policy: Policy,
+    deadline_ms: Option<u64>,
+    rng: u64,
+}
+
+impl Active {
+    fn sample(&mut self) -> bool {
+        let Some(rate) = self.policy.sample else {
+            return true;
+        };
+        // xorshift64*: deterministic per task, no dependency.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let x = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11;
+        #[expect(clippy::cast_precision_loss, reason = "53-bit uniform")]
+        let u = x as f64 / (1u64 << 53) as f64;
+        u < rate
+    }
+}
+
+/// The running tasks.
+#[derive(Debug, Default)]
+pub struct TaskManager {
+    active: Vec<Active>,
+    seq: u64,
+    /// Tasks whose record changed (stats or state) since the last [`Self::take_changed`].
+    changed: Vec<TaskId>,
+    ended: Vec<TaskRecord>,
+}
+
+/// A task id that is not known.
+#[derive(Debug, thiserror::Error)]
+#[error("no running task `{0}`")]
+pub struct NotRunning(pub TaskId);
+
+fn new_id(now_ms: u64, seq: u64) -> TaskId {
+    format!("t-{now_ms:x}-{seq}")
+}
+
+impl TaskManager {
+    /// No tasks.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Validates `spec` and starts a task.
+    ///
+    /// # Errors
+    /// The policy does not make sense.
+    pub fn start(&mut self, spec: TaskSpec, now_ms: u64) -> Result<TaskRecord, PolicyError> {
+        self.seq += 1;
+        let record = TaskRecord {
+            id: new_id(now_ms, self.seq),
+            spec,
+            state: TaskState::Running,
+            stop_reason: None,
+            started_ms: now_ms,
+            stopped_ms: None,
+            stats: TaskStats::default(),
+        };
+        self.resume(record, now_ms)
+    }
+
+    /// Runs an existing record again (after a restart), keeping its counters; its duration
+    /// and count are what was left.
+    ///
+    /// # Errors
+    /// The stored policy no longer compiles.
+    pub fn resume(
+        &mut self,
+        mut record: TaskRecord,
+        now_ms: u64,
+    ) -> Result<TaskRecord, PolicyError> {
+        let policy = Policy::compile(&record.spec)?;
+        let deadline_ms = policy.duration_ms.map(|d| {
+            // A resumed task gets its full duration again from now: the time it was down
+            // recorded nothing.
+            now_ms.saturating_add(d)
+        });
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        record.id.hash(&mut h);
+        record.state = TaskState::Running;
+        record.stop_reason = None;
+        record.stopped_ms = None;
+        self.changed.push(record.id.clone());
+        let out = record.clone();
+        self.active.push(Active {
+            record,
+            policy,
+            deadline_ms,
+            rng: h.finish() | 1,
+        });
+        Ok(out)
+    }
+
+    /// Stops a running task.
+    ///
+    /// # Errors
+    /// [`NotRunning`] when no running task has this id.
+    pub fn stop(&mut self, id: &str, reason: &str, now_ms: u64) -> Result<TaskRecord, NotRunning> {
+        let i = self
+            .active
+            .iter()
+            .position(|a| a.record.id == id)
+            .ok_or_else(|| NotRunning(id.to_owned()))?;
+        Ok(self.finish(i, reason, now_ms))
+    }
+
+    fn finish(&mut self, i: usize, reason: &str, now_ms: u64) -> TaskRecord {
+        let mut a = self.active.remove(i);
+        a.record.state = TaskState::Stopped;
+        a.record.stop_reason = Some(reason.to_owned());
+        a.record.stopped_ms = Some(now_ms);
+        self.changed.push(a.record.id.clone());
+        self.ended.push(a.record.clone());
+        a.record
+    }
+
+    /// Stops tasks whose duration is over; returns them.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<TaskRecord> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.active.len() {
+            if self.active[i].deadline_ms.is_some_and(|d| now_ms >= d) {
+                out.push(self.finish(i, reason::DURATION, now_ms));
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// Running tasks.
+    pub fn running(&self) -> impl Iterator<Item = &TaskRecord> {
+        self.active.iter().map(|a| &a.record)
+    }
+
+    /// A running task.
+    #[must_use]
+    pub fn get(&self, id: &str) -> Option<&TaskRecord> {
+        self.running().find(|r| r.id == id)
+    }
+
+    /// No task is running.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.active.is_empty()
+    }
+
+    /// Whether some running task may want exchanges between these services.
+    #[must_use]
+    pub fn wants_pair(&self, client: &str, server: &str) -> bool {
+        self.active
+            .iter()
+            .any(|a| a.policy.matches_pair(client, server))
+    }
+
+    /// The largest body cap a running task asks for (`None`: the decoder default).
+    #[must_use]
+    pub fn max_body(&self) -> Option<u64> {
+        let caps: Vec<Option<u64>> = self.active.iter().map(|a| a.policy.max_body).collect();
+        if caps.is_empty() || caps.iter().any(Option::is_none) {
+            return None;
+        }
+        caps.into_iter().flatten().max()
+    }
+
+    /// Ids of tasks whose record changed since the last call (to persist them).
+    pub fn take_changed(&mut self) -> Vec<TaskId> {
+        let mut v = std::mem::take(&mut self.changed);
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Tasks that ended since the last call.
+    pub fn take_ended(&mut self) -> Vec<TaskRecord> {
+        std::mem::take(&mut self.ended)
+    }
+
+    /// Offers an exchange (services filled in) to every running task; the copies to store,
+    /// redacted and cut per task, go to `out` with their task id. Tasks that reach their
+    /// count stop here.
+    pub fn offer(
+        &mut self,
+        ex: &Exchange,
+        loss: Loss,
+        now_ms: u64,
+        out: &mut Vec<(TaskId, Exchange)>,
+    ) {
+        let mut i = 0;
+        while i < self.active.len() {
+            let a = &mut self.active[i];
+            if a.deadline_ms.is_some_and(|d| now_ms >= d) {
+                self.finish(i, reason::DURATION, now_ms);
+                continue;
+            }
+            if !a.policy.matches(ex) {
+                i += 1;
+                continue;
+            }
+            self.changed.push(a.record.id.clone());
+            let st = &mut a.record.stats;
+            st.matched += 1;
+            if ex.flags.gap {
+                match loss {
+                    Loss::RingBuffer => st.dropped_ring_buffer += 1,
+                    Loss::Gap | Loss::None => st.dropped_gap += 1,
+                }
+                i += 1;
+                continue;
+            }
+            if !a.sample() {
+                a.record.stats.dropped_sampling += 1;
+                i += 1;
+                continue;
+            }
+            let mut copy = ex.clone();
+            a.policy.redactor.apply(&mut copy);
+            let cut = a
+                .policy
+                .max_body
+                .is_some_and(|m| cut_bodies(&mut copy, usize::try_from(m).unwrap_or(usize::MAX)));
+            let st = &mut a.record.stats;
+            if cut || copy.flags.truncated || any_truncated(&copy) {
+                copy.flags.truncated = true;
+                st.truncated += 1;
+            }
+            st.recorded += 1;
+            out.push((a.record.id.clone(), copy));
+            if a.policy.count.is_some_and(|c| a.record.stats.recorded >= c) {
+                self.finish(i, reason::COUNT, now_ms);
+                continue;
+            }
+            i += 1;
+        }
+    }
+}
+
+fn any_truncated(ex: &Exchange) -> bool {
+    let req = matches!(&ex.request, Request::Http(r) if r.body.truncated);
+    let resp = matches!(&ex.response, Some(Response::Http(r)) if r.body.truncated);
+    req || resp
+}
+
+fn cut_payload(p: &mut Payload, max: usize) -> bool {
+    if p.len() > max {
+        p.0.truncate(max);
+        true
+    } else {
+        false
+    }
+}
+
+fn cut_body(b: &mut Body, max: usize) -> bool {
+    let mut cut = cut_payload(&mut b.raw, max);
+    if let Some(d) = &mut b.decoded {
+        cut |= cut_payload(d, max);
+    }
+    if cut {
+        b.truncated = true;
+    }
+    cut
+}
+
+/// Cuts HTTP bodies, Redis arguments and raw data at `max` bytes.
+fn cut_bodies(ex: &mut Exchange, max: usize) -> bool {
+    let mut cut = false;
+    match &mut ex.request {
+        Request::Http(r) => cut |= cut_body(&mut r.body, max),
+        Request::Redis(c) => {
+            for a in &mut c.args {
+                cut |= cut_payload(a, max);
+            }
+        }
+        Request::Raw { data } => cut |= cut_payload(data, max),
+        Request::Mysql(_) => {}
+    }
+    match &mut ex.response {
+        Some(Response::Http(r)) => cut |= cut_body(&mut r.body, max),
+        Some(Response::Raw { data }) => cut |= cut_payload(data, max),
+        _ => {}
+    }
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deetune_protocols::{
+        ConnectionMeta, Endpoint, Flags, Header, HttpRequest, Protocol, Timing,
+    };
+
+    fn ex(from: &str, to: &str, method: &str, path: &str) -> Exchange {
+        Exchange {
+            conn: ConnectionMeta {
+                id: 1,
+                client: Endpoint {
+                    service: Some(from.into()),
+                    ..Endpoint::default()
+                },
+                server: Endpoint {
+                    service: Some(to.into()),
+                    ..Endpoint::default()
+                },
+            },
+            seq: 0,
+            protocol: Protocol::Http,
+            request: Request::Http(HttpRequest {
+                method: method.into(),
+                target: path.into(),
+                version: "HTTP/1.1".into(),
+                headers: vec![Header {
+                    name: "Cookie".into(),
+                    value: "sid=1".into(),
+                }],
+                body: Body {
+                    raw: Payload::from("0123456789"),
+                    decoded: None,
+                    len: 10,
+                    truncated: false,
+                },
+            }),
+            response: None,
+            timing: Timing::default(),
+            flags: Flags::default(),
+            session: None,
+        }
+    }
+
+    #[test]
+    fn count_stops_at_exactly_n_and_pairs_scope() {
+        let mut m = TaskManager::new();
+        let t = m
+            .start(
+                TaskSpec {
+                    from: Some("web".into()),
+                    to: Some("checkout".into()),
+                    interfaces: vec!["POST /api/orders*".into()],
+                    count: Some(3),
+                    max_body: Some(4),
+                    ..TaskSpec::default()
+                },
+                1000,
+            )
+            .unwrap();
+        let mut out = Vec::new();
+        for _ in 0..5 {
+            m.offer(
+                &ex("web", "checkout", "POST", "/api/orders/1"),
+                Loss::None,
+                1001,
+                &mut out,
+            );
+            m.offer(
+                &ex("web", "checkout", "GET", "/api/orders/1"),
+                Loss::None,
+                1001,
+                &mut out,
+            );
+            m.offer(
+                &ex("batch", "checkout", "POST", "/api/orders/1"),
+                Loss::None,
+                1001,
+                &mut out,
+            );
+        }
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|(id, _)| *id == t.id));
+        let ended = m.take_ended();
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].stop_reason.as_deref(), Some(reason::COUNT));
+        assert_eq!(ended[0].stats.recorded, 3);
+        assert_eq!(ended[0].stats.matched, 3);
+        assert_eq!(ended[0].stats.truncated, 3);
+        let Request::Http(r) = &out[0].1.request else {
+            unreachable!()
+        };
+        assert_eq!(r.body.raw.as_bytes(), b"0123");
+        assert_eq!(r.headers[0].value.as_str(), Some(crate::redact::REDACTED));
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn duration_sampling_and_gaps() {
+        let mut m = TaskManager::new();
+        let t = m
+            .start(
+                TaskSpec {
+                    duration_secs: Some(2),
+                    sample: Some(0.25),
+                    ..TaskSpec::default()
+                },
+                0,
+            )
+            .unwrap();
+        let mut out = Vec::new();
+        for _ in 0..4000 {
+            m.offer(&ex("a", "b", "GET", "/"), Loss::None, 10, &mut out);
+        }
+        let mut gap = ex("a", "b", "GET", "/");
+        gap.flags.gap = true;
+        m.offer(&gap, Loss::RingBuffer, 11, &mut out);
+        m.offer(&gap, Loss::Gap, 11, &mut out);
+        let st = m.get(&t.id).unwrap().stats.clone();
+        assert_eq!(st.matched, 4002);
+        assert_eq!(st.recorded + st.dropped_sampling, 4000);
+        assert!((800..1200).contains(&st.recorded), "{}", st.recorded);
+        assert_eq!((st.dropped_ring_buffer, st.dropped_gap), (1, 1));
+        assert!(m.tick(1999).is_empty());
+        let ended = m.tick(2000);
+        assert_eq!(ended[0].stop_reason.as_deref(), Some(reason::DURATION));
+        assert!(matches!(
+            m.stop(&t.id, reason::USER, 3000),
+            Err(NotRunning(_))
+        ));
+    }
+}

@@ -1,0 +1,221 @@
+//! The topology aggregator: every exchange, recorded or not, adds to the edge client service →
+//! server service (port, protocol) it was seen on. Cheap: a hash lookup and a histogram bump.
+
+use std::collections::HashMap;
+
+use deetune_protocols::{Exchange, MysqlResponse, Protocol, RespValue, Response};
+use deetune_store::TopologyEdge;
+
+/// Identifies an edge.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EdgeKey {
+    /// Client service.
+    pub client: String,
+    /// Server service.
+    pub server: String,
+    /// Server port.
+    pub port: u16,
+    /// Protocol (none when it was not recognised).
+    pub protocol: Option<Protocol>,
+}
+
+/// Log-linear latency histogram in microseconds: 8 sub-buckets per power of two (≤ 12.5 %
+/// error), fixed size.
+#[derive(Debug, Clone)]
+struct Histogram {
+    buckets: Vec<u64>,
+    total: u64,
+}
+
+const SUB: u32 = 8;
+
+impl Histogram {
+    fn new() -> Self {
+        Self {
+            buckets: vec![0; (64 * SUB) as usize],
+            total: 0,
+        }
+    }
+
+    fn index(us: u64) -> usize {
+        if us < u64::from(SUB) {
+            return us as usize;
+        }
+        let exp = 63 - us.leading_zeros(); // ≥ 3
+        let mantissa = (us >> (exp - 3)) & u64::from(SUB - 1);
+        ((exp - 2) * SUB) as usize + mantissa as usize
+    }
+
+    /// Lower bound of a bucket.
+    fn value(index: usize) -> u64 {
+        let i = index as u64;
+        let sub = u64::from(SUB);
+        if i < sub {
+            return i;
+        }
+        let exp = i / sub + 2;
+        let mantissa = i % sub;
+        (sub + mantissa) << (exp - 3)
+    }
+
+    fn record(&mut self, us: u64) {
+        let i = Self::index(us).min(self.buckets.len() - 1);
+        self.buckets[i] += 1;
+        self.total += 1;
+    }
+
+    fn quantile(&self, q: f64) -> u64 {
+        if self.total == 0 {
+            return 0;
+        }
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "rank within total"
+        )]
+        let rank = ((self.total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Self::value(i);
+            }
+        }
+        0
+    }
+}
+
+#[derive(Debug, Clone)]
+struct EdgeAcc {
+    edge: TopologyEdge,
+    latency: Histogram,
+}
+
+/// Aggregates edges in memory.
+#[derive(Debug, Default)]
+pub struct TopologyAggregator {
+    edges: HashMap<EdgeKey, EdgeAcc>,
+}
+
+/// Whether an exchange is an error: HTTP 5xx, a Redis error, a MySQL ERR.
+#[must_use]
+pub fn is_error(ex: &Exchange) -> bool {
+    match &ex.response {
+        Some(Response::Http(r)) => r.status >= 500,
+        Some(Response::Redis(RespValue::Error(_) | RespValue::BulkError(_))) => true,
+        Some(Response::Mysql(MysqlResponse::Err { .. })) => true,
+        _ => false,
+    }
+}
+
+impl TopologyAggregator {
+    /// Starts from persisted edges (a daemon restart keeps counting).
+    #[must_use]
+    pub fn from_edges(edges: Vec<TopologyEdge>) -> Self {
+        let mut t = Self::default();
+        for e in edges {
+            let key = EdgeKey {
+                client: e.client.clone(),
+                server: e.server.clone(),
+                port: e.port,
+                protocol: e.protocol,
+            };
+            t.edges.insert(
+                key,
+                EdgeAcc {
+                    edge: e,
+                    latency: Histogram::new(),
+                },
+            );
+        }
+        t
+    }
+
+    fn acc(&mut self, key: &EdgeKey, now_ms: u64) -> &mut EdgeAcc {
+        if !self.edges.contains_key(key) {
+            self.edges.insert(
+                key.clone(),
+                EdgeAcc {
+                    edge: TopologyEdge {
+                        client: key.client.clone(),
+                        server: key.server.clone(),
+                        port: key.port,
+                        protocol: key.protocol,
+                        first_seen_ms: now_ms,
+                        ..TopologyEdge::default()
+                    },
+                    latency: Histogram::new(),
+                },
+            );
+        }
+        let acc = self.edges.get_mut(key).expect("inserted above");
+        acc.edge.last_seen_ms = acc.edge.last_seen_ms.max(now_ms);
+        acc
+    }
+
+    /// A connection on `key`.
+    pub fn connection(&mut self, key: &EdgeKey, now_ms: u64) {
+        self.acc(key, now_ms).edge.connections += 1;
+    }
+
+    /// Bytes on `key`.
+    pub fn bytes(&mut self, key: &EdgeKey, sent: u64, received: u64, now_ms: u64) {
+        let e = &mut self.acc(key, now_ms).edge;
+        e.bytes_sent += sent;
+        e.bytes_received += received;
+    }
+
+    /// An exchange on `key`.
+    pub fn exchange(&mut self, key: &EdgeKey, ex: &Exchange, now_ms: u64) {
+        let acc = self.acc(key, now_ms);
+        acc.edge.exchanges += 1;
+        if is_error(ex) {
+            acc.edge.errors += 1;
+        }
+        if let Some(ns) = ex.timing.latency_ns() {
+            acc.latency.record(ns / 1000);
+        }
+    }
+
+    /// The edges, sorted by client, server, port.
+    #[must_use]
+    pub fn edges(&self) -> Vec<TopologyEdge> {
+        let mut v: Vec<_> = self
+            .edges
+            .values()
+            .map(|a| {
+                let mut e = a.edge.clone();
+                // After a restart the histogram starts empty: keep the persisted figures.
+                if a.latency.total > 0 {
+                    e.p50_us = a.latency.quantile(0.5);
+                    e.p99_us = a.latency.quantile(0.99);
+                }
+                e
+            })
+            .collect();
+        v.sort_by(|a, b| (&a.client, &a.server, a.port).cmp(&(&b.client, &b.server, b.port)));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles() {
+        let mut h = Histogram::new();
+        for us in 1..=1000 {
+            h.record(us);
+        }
+        let p50 = h.quantile(0.5);
+        let p99 = h.quantile(0.99);
+        assert!((440..=500).contains(&p50), "{p50}");
+        assert!((870..=990).contains(&p99), "{p99}");
+        for i in 0..200 {
+            assert!(Histogram::value(i) <= Histogram::value(i + 1));
+            assert_eq!(Histogram::index(Histogram::value(i)), i);
+        }
+    }
+}
