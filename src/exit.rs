@@ -9,7 +9,6 @@ pub(crate) fn success() -> ExitCode {
 }
 
 /// 1: the replay found regressions.
-#[allow(dead_code, reason = "used by replay once it lands")]
 pub(crate) fn regressions() -> ExitCode {
     ExitCode::from(1)
 }
