@@ -21,6 +21,8 @@ const TAG_EXCHANGE: u8 = b'x';
 const TAG_INDEX: u8 = b'i';
 const TAG_USAGE: u8 = b'u';
 const MAX_TASK_ID: usize = 200;
+/// How long to wait for sled to release its file after a store of this process closed.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Removals are applied in batches of this size.
 const DELETE_BATCH: usize = 10_000;
 
@@ -245,12 +247,26 @@ impl Store {
                 })?;
         }
         let lock = LockFile::acquire(&dir)?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir.join("db"))
             .flush_every_ms(Some(options.flush_every_ms.max(1)))
-            .cache_capacity(options.cache_bytes)
-            .open()
-            .map_err(StoreError::sled("open"))?;
+            .cache_capacity(options.cache_bytes);
+        // We hold the directory lock, so sled's own lock can only be held by a store of this
+        // process that was just dropped: sled releases its file when its background threads
+        // finish, shortly after the drop. Wait for that (bounded) instead of failing.
+        let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => return Err(StoreError::sled("open")(e)),
+            }
+        };
         let tree = |name: &'static str| db.open_tree(name).map_err(StoreError::sled("open tree"));
         let store = Self {
             meta: tree("meta")?,

@@ -8,6 +8,9 @@ use std::path::Path;
 
 use crate::StoreError;
 
+/// How long a lock held by this very process is waited for (see `acquire`).
+const SAME_PROCESS_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Held for the life of a [`Store`](crate::Store); the lock goes with the file descriptor.
 #[derive(Debug)]
 pub(crate) struct LockFile {
@@ -28,22 +31,32 @@ impl LockFile {
             .truncate(false)
             .open(&path)
             .map_err(dir_err)?;
-        // SAFETY: flock on a valid open descriptor; no memory is passed.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
+        let deadline = std::time::Instant::now() + SAME_PROCESS_WAIT;
+        loop {
+            // SAFETY: flock on a valid open descriptor; no memory is passed.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                break;
+            }
             let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let mut text = String::new();
-                let holder = file
-                    .read_to_string(&mut text)
-                    .ok()
-                    .and_then(|_| text.trim().parse().ok());
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(dir_err(err));
+            }
+            let mut text = String::new();
+            let holder: Option<u32> = file
+                .seek(SeekFrom::Start(0))
+                .and_then(|_| file.read_to_string(&mut text))
+                .ok()
+                .and_then(|_| text.trim().parse().ok());
+            // Our own pid: a store of this process is closing, or a child process of ours
+            // is between fork and exec with a copy of the descriptor. Both pass quickly.
+            if holder != Some(std::process::id()) || std::time::Instant::now() >= deadline {
                 return Err(StoreError::Locked {
                     path: dir.to_path_buf(),
                     holder,
                 });
             }
-            return Err(dir_err(err));
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         file.set_len(0)
             .and_then(|()| file.seek(SeekFrom::Start(0)))
