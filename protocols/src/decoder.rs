@@ -42,6 +42,13 @@ pub trait StreamDecoder: Send {
     fn close(&mut self, ts_ns: u64);
     /// Move the exchanges completed so far into `out`, in request order.
     fn drain(&mut self, out: &mut Vec<Exchange>);
+    /// Bytes the decoder currently holds for this connection: partial messages, bodies,
+    /// completed messages waiting for their partner and exchanges not yet drained. Used to
+    /// check (and monitor) that memory stays bounded by the [`DecoderConfig`] caps; the
+    /// default (0) is for decoders that hold nothing.
+    fn buffered_bytes(&self) -> usize {
+        0
+    }
 }
 
 /// A decoder for `protocol`, or none for [`Protocol::Unknown`].
