@@ -1,1 +1,183 @@
-fn main() {}
+//! Store and bundle throughput: batched inserts of small HTTP exchanges, reading a task
+//! back, export and import of a bundle; prints bytes on disk per exchange.
+//!
+//! `cargo bench -p deetune-store --bench store`
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use deetune_protocols::{
+    Body, ConnectionMeta, Endpoint, Exchange, Flags, Header, HttpRequest, HttpResponse, Payload,
+    Protocol, Request, Response, Timing,
+};
+use deetune_store::{Store, TaskRecord, TaskSpec, TaskState, TaskStats};
+
+const BATCH: usize = 1000;
+const TASK_SIZE: u64 = 100_000;
+
+fn small_http(n: u64) -> Exchange {
+    let t0 = 1_700_000_000_000_000_000 + n * 1000;
+    Exchange {
+        conn: ConnectionMeta {
+            id: n / 8,
+            client: Endpoint {
+                port: 40000,
+                service: Some("web".to_owned()),
+                ..Endpoint::default()
+            },
+            server: Endpoint {
+                port: 8080,
+                service: Some("checkout".to_owned()),
+                ..Endpoint::default()
+            },
+        },
+        seq: n % 8,
+        protocol: Protocol::Http,
+        request: Request::Http(HttpRequest {
+            method: "GET".to_owned(),
+            target: format!("/api/items/{n}"),
+            version: "HTTP/1.1".to_owned(),
+            headers: vec![Header {
+                name: "Host".to_owned(),
+                value: "checkout".into(),
+            }],
+            body: Body::default(),
+        }),
+        response: Some(Response::Http(HttpResponse {
+            version: "HTTP/1.1".to_owned(),
+            status: 200,
+            reason: "OK".to_owned(),
+            headers: vec![Header {
+                name: "Content-Type".to_owned(),
+                value: "application/json".into(),
+            }],
+            body: Body {
+                raw: Payload::from(format!("{{\"id\":{n},\"price\":12}}").as_str()),
+                decoded: None,
+                len: 22,
+                truncated: false,
+            },
+        })),
+        timing: Timing {
+            request_start_ns: t0,
+            request_end_ns: t0 + 10,
+            response_start_ns: t0 + 100,
+            response_end_ns: t0 + 120,
+        },
+        flags: Flags::default(),
+        session: None,
+    }
+}
+
+fn task(id: &str) -> TaskRecord {
+    TaskRecord {
+        id: id.to_owned(),
+        spec: TaskSpec::default(),
+        state: TaskState::Stopped,
+        stop_reason: None,
+        started_ms: 1,
+        stopped_ms: Some(2),
+        stats: TaskStats::default(),
+    }
+}
+
+fn filled(dir: &std::path::Path, id: &str) -> Store {
+    let store = Store::open(dir).unwrap();
+    store.put_task(&task(id)).unwrap();
+    let xs: Vec<_> = (0..TASK_SIZE).map(small_http).collect();
+    for chunk in xs.chunks(BATCH) {
+        store.append(id, chunk).unwrap();
+    }
+    store.flush().unwrap();
+    store
+}
+
+fn bench(c: &mut Criterion) {
+    let tmp = tempfile::tempdir().unwrap();
+
+    // Bytes on disk per exchange (not a timing: printed once).
+    {
+        let dir = tmp.path().join("size");
+        let store = filled(&dir, "t-size");
+        let json = serde_json::to_vec(&small_http(1)).unwrap().len();
+        let usage = store.task_usage("t-size").unwrap();
+        let disk = store.size_on_disk().unwrap();
+        drop(store);
+        let du: u64 = walk(&dir);
+        eprintln!(
+            "bytes per exchange: json {json}, stored value {}, sled size_on_disk {}, files {}",
+            usage.bytes / TASK_SIZE,
+            disk / TASK_SIZE,
+            du / TASK_SIZE
+        );
+    }
+
+    let mut g = c.benchmark_group("store");
+    g.measurement_time(Duration::from_secs(8)).sample_size(20);
+
+    let store = Store::open(tmp.path().join("insert")).unwrap();
+    let xs: Vec<_> = (0..BATCH as u64).map(small_http).collect();
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("insert small http, batches of 1000", |b| {
+        b.iter(|| store.append("t-insert", &xs).unwrap());
+    });
+    drop(store);
+
+    let read_dir = tmp.path().join("read");
+    let store = filled(&read_dir, "t-read");
+    g.throughput(Throughput::Elements(TASK_SIZE));
+    g.bench_function("read back a task (decoded)", |b| {
+        b.iter(|| {
+            let n = store.exchanges("t-read").map(Result::unwrap).count();
+            assert_eq!(n as u64, TASK_SIZE);
+        });
+    });
+
+    let out = tmp.path().join("export.jsonl");
+    store.export_bundle("t-read", &out).unwrap();
+    let bytes = std::fs::metadata(&out).unwrap().len();
+    eprintln!(
+        "bundle: {bytes} bytes for {TASK_SIZE} exchanges ({} per line)",
+        bytes / TASK_SIZE
+    );
+    g.throughput(Throughput::Bytes(bytes));
+    g.bench_function("export bundle (jsonl)", |b| {
+        b.iter(|| store.export_bundle("t-read", &out).unwrap());
+    });
+    let zst = tmp.path().join("export.jsonl.zst");
+    g.bench_function("export bundle (jsonl.zst, bytes before compression)", |b| {
+        b.iter(|| store.export_bundle("t-read", &zst).unwrap());
+    });
+    g.sample_size(10);
+    g.bench_function("import bundle (jsonl)", |b| {
+        b.iter_batched(
+            || (),
+            |()| {
+                let s = store.import_bundle(&out).unwrap();
+                store.delete_task(&s.task_id).unwrap();
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    g.finish();
+}
+
+fn walk(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| {
+                    let m = e.metadata().unwrap();
+                    if m.is_dir() {
+                        walk(&e.path())
+                    } else {
+                        m.len()
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
