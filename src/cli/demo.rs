@@ -184,29 +184,40 @@ fn run_demo(out: Option<PathBuf>, rounds: u32, http_only: bool) -> anyhow::Resul
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(async {
+    let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let code = rt.block_on(async {
         // Registered first, so that Ctrl-C at any point reaches us instead of killing the
-        // process with children still running.
+        // process with children still running. The listener runs on a worker thread, so it
+        // notices a signal even while a blocking step holds this thread.
         let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
             .context("installing the Ctrl-C handler")?;
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
-        let signal = async {
-            tokio::select! {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let (flag, wake) = (Arc::clone(&interrupted), Arc::clone(&notify));
+        tokio::spawn(async move {
+            let what = tokio::select! {
                 _ = sigint.recv() => "Ctrl-C",
                 _ = sigterm.recv() => "SIGTERM",
-            }
-        };
+            };
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            eprintln!("\n{what}: stopping everything the demo started");
+            wake.notify_one();
+        });
         tokio::select! {
             r = demo(out, rounds, http_only) => r,
-            what = signal => {
-                // Dropping `demo` here kills the shops, Redis and MariaDB, detaches the
-                // eBPF programs and removes the temporary store.
-                eprintln!("\n{what}: stopping everything the demo started");
-                Ok(ExitCode::from(130))
-            }
+            // Dropping `demo` here kills the shops, Redis and MariaDB, detaches the eBPF
+            // programs and removes the temporary store.
+            () = notify.notified() => Ok(ExitCode::from(130)),
         }
-    })
+    });
+    // Dropping the runtime waits for a blocking step still running (its result, a server
+    // or the capture, is dropped and so stopped).
+    drop(rt);
+    if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(ExitCode::from(130));
+    }
+    code
 }
 
 async fn demo(out: Option<PathBuf>, rounds: u32, http_only: bool) -> anyhow::Result<ExitCode> {
@@ -216,7 +227,9 @@ async fn demo(out: Option<PathBuf>, rounds: u32, http_only: bool) -> anyhow::Res
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
     step("Starting the shop's backends");
-    let backends = start_backends(http_only)?;
+    let backends = tokio::task::spawn_blocking(move || start_backends(http_only))
+        .await
+        .context("starting the backends")??;
 
     step("Starting shop v1 (the version in production)");
     let v1 = spawn_shop(&exe, &backends, "shop-v1", ShopVersion::V1, 1).await?;
@@ -235,10 +248,14 @@ async fn demo(out: Option<PathBuf>, rounds: u32, http_only: bool) -> anyhow::Res
     let mut ports = vec![v1.addr.port()];
     ports.extend(backends.redis.as_ref().map(RedisServer::port));
     ports.extend(backends.mysql.as_ref().map(MariaDb::port));
-    let capture = deetune_recorder::Capture::start(deetune_recorder::CaptureConfig {
-        ports,
-        ..deetune_recorder::CaptureConfig::default()
+    let capture = tokio::task::spawn_blocking(move || {
+        deetune_recorder::Capture::start(deetune_recorder::CaptureConfig {
+            ports,
+            ..deetune_recorder::CaptureConfig::default()
+        })
     })
+    .await
+    .context("starting the eBPF capture")?
     .context("starting the eBPF capture (Linux ≥ 5.8 with BTF, as root)")?;
     let spec = deetune_store::TaskSpec {
         name: Some("demo".into()),
