@@ -103,7 +103,7 @@ enum Decoding {
         req: Vec<u8>,
         resp: Vec<u8>,
     },
-    Decoding(Box<dyn StreamDecoder>),
+    Active(Box<dyn StreamDecoder>),
     Undecodable,
 }
 
@@ -390,7 +390,7 @@ impl Pipeline {
             // Never recognised: the bytes still count in the topology.
             self.give_up_detection(&mut c, ts_ns);
         }
-        if let Decoding::Decoding(d) = &mut c.decoding {
+        if let Decoding::Active(d) = &mut c.decoding {
             d.close(ts_ns);
         }
         self.drain(&mut c, ts_ns);
@@ -423,7 +423,7 @@ impl Pipeline {
                     c.pending_received = 0;
                 }
                 match &mut c.decoding {
-                    Decoding::Decoding(d) => d.push(dir, ts_ns, &bytes),
+                    Decoding::Active(d) => d.push(dir, ts_ns, &bytes),
                     Decoding::Undecodable => {}
                     Decoding::Detecting { chunks, req, resp } => {
                         let buf = if dir == Direction::Request {
@@ -462,7 +462,7 @@ impl Pipeline {
                     _ => Loss::Gap,
                 };
                 match &mut c.decoding {
-                    Decoding::Decoding(d) => d.gap(dir, ts_ns, len),
+                    Decoding::Active(d) => d.gap(dir, ts_ns, len),
                     Decoding::Detecting { chunks, .. } => chunks.push(Chunk::Gap(dir, ts_ns, len)),
                     Decoding::Undecodable => {}
                 }
@@ -500,7 +500,7 @@ impl Pipeline {
                 }
             }
         }
-        c.decoding = Decoding::Decoding(d);
+        c.decoding = Decoding::Active(d);
         self.assign_edge(c, Some(protocol), ts_ns);
     }
 
@@ -574,7 +574,7 @@ impl Pipeline {
     }
 
     fn drain(&mut self, c: &mut Conn, ts_ns: u64) {
-        let Decoding::Decoding(d) = &mut c.decoding else {
+        let Decoding::Active(d) = &mut c.decoding else {
             return;
         };
         d.drain(&mut self.scratch);
