@@ -1,0 +1,57 @@
+use serde::Serialize;
+
+/// Losses the kernel counted (per-CPU counters summed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct KernelLosses {
+    /// Bytes beyond the per-syscall cap (or the iovec entries looked at).
+    pub over_cap_bytes: u64,
+    /// Data events that found no room in the ring buffer.
+    pub ring_full_events: u64,
+    /// Payload bytes of those.
+    pub ring_full_bytes: u64,
+    /// Bytes the kernel could not copy from the process's memory.
+    pub read_failed_bytes: u64,
+    /// Syscalls not tracked because the in-flight table was full.
+    pub active_table_full: u64,
+    /// Connections not tracked because the connection table was full.
+    pub conn_table_full: u64,
+    /// Open/close/gap events that found no room in the ring buffer.
+    pub control_events_lost: u64,
+}
+
+impl KernelLosses {
+    /// Payload bytes lost for any reason.
+    #[must_use]
+    pub fn lost_bytes(&self) -> u64 {
+        self.over_cap_bytes + self.ring_full_bytes + self.read_failed_bytes
+    }
+}
+
+/// Counts of a running capture.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CaptureStats {
+    /// Events the kernel wrote to the ring buffer.
+    pub kernel_events: u64,
+    /// Payload bytes the kernel wrote to the ring buffer.
+    pub kernel_bytes: u64,
+    /// Ring-buffer records read by user space.
+    pub records: u64,
+    /// Stream events handed out ([`crate::StreamEvent`]).
+    pub events: u64,
+    /// Connections opened.
+    pub connections: u64,
+    /// Connections closed.
+    pub closed: u64,
+    /// Payload bytes handed out.
+    pub bytes: u64,
+    /// Gap events handed out.
+    pub gaps: u64,
+    /// Bytes covered by those gaps.
+    pub gap_bytes: u64,
+    /// Records for a connection whose open event was lost (dropped).
+    pub orphan_records: u64,
+    /// Records too short or of an unknown kind (dropped).
+    pub bad_records: u64,
+    /// What the kernel counted as lost.
+    pub kernel: KernelLosses,
+}

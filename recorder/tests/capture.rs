@@ -1,0 +1,429 @@
+//! Real eBPF capture against real loopback traffic (root only; skips with a reason otherwise).
+//!
+//! The recorder never captures its own process, so each test re-runs this test binary as a
+//! child (`child_traffic_helper` with `DT_CHILD=1`) that makes the traffic, and filters the
+//! capture to that child's pid: tests running in parallel never see each other's bytes.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use deetune_protocols::{Direction, Role};
+use deetune_recorder::{Capture, CaptureConfig, CaptureError, ConnInfo, StreamEvent};
+
+fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: eBPF capture tests need root (CI runs them as root)");
+            return;
+        }
+    };
+}
+
+// ---------------------------------------------------------------- the child side
+
+fn pattern(seed: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|i| u8::try_from((i * 7 + seed * 13) % 251).unwrap_or(0)).collect()
+}
+
+fn check(rc: isize, what: &str) -> usize {
+    assert!(rc >= 0, "{what} failed: {}", std::io::Error::last_os_error());
+    usize::try_from(rc).unwrap_or(0)
+}
+
+fn send_some(fd: i32, buf: &[u8], how: &str) -> usize {
+    let p = buf.as_ptr().cast::<libc::c_void>();
+    // SAFETY: all pointers point into `buf` or local iovec arrays that outlive the call.
+    unsafe {
+        match how {
+            "write" => check(libc::write(fd, p, buf.len()), "write"),
+            "sendto" => check(libc::sendto(fd, p, buf.len(), 0, std::ptr::null(), 0), "sendto"),
+            "writev" | "sendmsg" => {
+                let a = buf.len() / 3;
+                let b = buf.len() / 2;
+                let mut iov = [
+                    libc::iovec { iov_base: p.cast_mut(), iov_len: a },
+                    libc::iovec { iov_base: p.add(a).cast_mut(), iov_len: b - a },
+                    libc::iovec { iov_base: p.add(b).cast_mut(), iov_len: buf.len() - b },
+                ];
+                if how == "writev" {
+                    check(libc::writev(fd, iov.as_ptr(), 3), "writev")
+                } else {
+                    let mut m: libc::msghdr = std::mem::zeroed();
+                    m.msg_iov = iov.as_mut_ptr();
+                    m.msg_iovlen = 3;
+                    check(libc::sendmsg(fd, &raw const m, 0), "sendmsg")
+                }
+            }
+            other => panic!("unknown send syscall {other}"),
+        }
+    }
+}
+
+fn recv_some(fd: i32, buf: &mut [u8], how: &str) -> usize {
+    let p = buf.as_mut_ptr().cast::<libc::c_void>();
+    // SAFETY: all pointers point into `buf` or local iovec arrays that outlive the call.
+    unsafe {
+        match how {
+            "read" => check(libc::read(fd, p, buf.len()), "read"),
+            "recvfrom" => check(
+                libc::recvfrom(fd, p, buf.len(), 0, std::ptr::null_mut(), std::ptr::null_mut()),
+                "recvfrom",
+            ),
+            "readv" | "recvmsg" => {
+                let a = buf.len() / 2;
+                let mut iov = [
+                    libc::iovec { iov_base: p, iov_len: a },
+                    libc::iovec { iov_base: p.add(a), iov_len: buf.len() - a },
+                ];
+                if how == "readv" {
+                    check(libc::readv(fd, iov.as_ptr(), 2), "readv")
+                } else {
+                    let mut m: libc::msghdr = std::mem::zeroed();
+                    m.msg_iov = iov.as_mut_ptr();
+                    m.msg_iovlen = 2;
+                    check(libc::recvmsg(fd, &raw mut m, 0), "recvmsg")
+                }
+            }
+            other => panic!("unknown recv syscall {other}"),
+        }
+    }
+}
+
+fn recv_for(send: &str) -> &'static str {
+    match send {
+        "write" => "read",
+        "writev" => "readv",
+        "sendto" => "recvfrom",
+        _ => "recvmsg",
+    }
+}
+
+fn send_all(fd: i32, data: &[u8], how: &str) {
+    let mut off = 0;
+    while off < data.len() {
+        off += send_some(fd, &data[off..], how);
+    }
+}
+
+fn recv_exact(fd: i32, n: usize, how: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n);
+    let mut buf = vec![0u8; 65536];
+    while out.len() < n {
+        let want = (n - out.len()).min(buf.len());
+        let got = recv_some(fd, &mut buf[..want], how);
+        assert!(got > 0, "peer closed early");
+        out.extend_from_slice(&buf[..got]);
+    }
+    out
+}
+
+fn env_usize(k: &str, default: usize) -> usize {
+    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Not a test of its own: the traffic generator the other tests run as a child process.
+#[test]
+fn child_traffic_helper() {
+    if std::env::var("DT_CHILD").is_err() {
+        return;
+    }
+    if std::env::var("DT_NONROOT").is_ok() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let r = rt.block_on(async { Capture::start(CaptureConfig::default()) });
+        match r {
+            Err(e @ CaptureError::NotPermitted { .. }) => println!("nonroot-ok: {e}"),
+            other => println!("nonroot-unexpected: {other:?}"),
+        }
+        return;
+    }
+    let send = std::env::var("DT_SEND").unwrap_or_else(|_| "write".into());
+    let recv = recv_for(&send);
+    let v6 = std::env::var("DT_FAMILY").is_ok_and(|f| f == "6");
+    let size = env_usize("DT_SIZE", 1000);
+    let count = env_usize("DT_COUNT", 1);
+    let reply = env_usize("DT_REPLY", 500);
+    let rounds = env_usize("DT_ROUNDS", 1);
+    let listeners = env_usize("DT_LISTENERS", 1);
+    let bind: SocketAddr = if v6 { "[::1]:0" } else { "127.0.0.1:0" }.parse().expect("addr");
+    let ls: Vec<TcpListener> = (0..listeners).map(|_| TcpListener::bind(bind).expect("bind")).collect();
+    let ports: Vec<String> = ls.iter().map(|l| l.local_addr().expect("addr").port().to_string()).collect();
+    println!("ready {}", ports.join(" "));
+    std::io::stdout().flush().expect("flush");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).expect("go");
+    for round in 0..rounds {
+        for l in &ls {
+            let client = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+            let (server, _) = l.accept().expect("accept");
+            let (c, s) = (client.as_raw_fd(), server.as_raw_fd());
+            let mut sent = Vec::new();
+            for i in 0..count {
+                let msg = pattern(round * 1000 + i, size);
+                send_all(c, &msg, &send);
+                sent.extend_from_slice(&msg);
+            }
+            let got = recv_exact(s, sent.len(), recv);
+            assert!(got == sent, "server received other bytes than the client sent");
+            let answer = pattern(round * 1000 + 999, reply);
+            send_all(s, &answer, &send);
+            let back = recv_exact(c, reply, recv);
+            assert!(back == answer, "client received other bytes than the server sent");
+            drop(client);
+            drop(server);
+        }
+    }
+    println!("done");
+}
+
+// ---------------------------------------------------------------- the parent side
+
+struct Seen {
+    info: ConnInfo,
+    request: Vec<u8>,
+    response: Vec<u8>,
+    gaps: u64,
+    closed: bool,
+}
+
+struct Run {
+    conns: Vec<Seen>,
+    ports: Vec<u16>,
+    child_pid: u32,
+}
+
+fn spawn_child(envs: &[(&str, String)]) -> (Child, ChildStdin, BufReader<std::process::ChildStdout>) {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut cmd = Command::new(exe);
+    cmd.args(["child_traffic_helper", "--exact", "--nocapture", "--test-threads=1"])
+        .env("DT_CHILD", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn child");
+    let stdin = child.stdin.take().expect("stdin");
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    (child, stdin, stdout)
+}
+
+/// Runs the child with `envs`, capturing only its traffic (and only `port_filter(ports)`).
+async fn capture_child(envs: &[(&str, String)], max_bytes: u32, port_filter: fn(&[u16]) -> Vec<u16>) -> Run {
+    let (mut child, mut stdin, mut stdout) = spawn_child(envs);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stdout.read_line(&mut line).expect("read child") > 0, "child exited before ready");
+        // The harness may print "test child_traffic_helper ... " before it on the same line.
+        if let Some(i) = line.find("ready ") {
+            line.drain(..i);
+            break;
+        }
+    }
+    let ports: Vec<u16> = line.split_whitespace().skip(1).map(|p| p.parse().expect("port")).collect();
+    let child_pid = child.id();
+    let config = CaptureConfig {
+        max_bytes_per_syscall: max_bytes,
+        pids: vec![child_pid],
+        ..CaptureConfig::default()
+    };
+    let mut cap = Capture::start(config).expect("capture starts");
+    let filter = port_filter(&ports);
+    if !filter.is_empty() {
+        cap.set_ports(&filter).expect("set ports");
+    }
+    writeln!(stdin, "go").expect("go");
+    let done = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut l = String::new();
+        while stdout.read_line(&mut l).unwrap_or(0) > 0 {
+            all.push_str(&l);
+            l.clear();
+        }
+        all
+    });
+
+    let mut conns: HashMap<u64, Seen> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut exited_at: Option<Instant> = None;
+    while Instant::now() < deadline {
+        if exited_at.is_none() && child.try_wait().expect("wait").is_some() {
+            exited_at = Some(Instant::now());
+        }
+        if let Some(t) = exited_at {
+            let all_closed = conns.values().all(|c| c.closed);
+            if (all_closed && t.elapsed() > Duration::from_millis(300)) || t.elapsed() > Duration::from_secs(3) {
+                break;
+            }
+        }
+        let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(100), cap.next_event()).await else {
+            continue;
+        };
+        match ev {
+            StreamEvent::Opened(info) => {
+                conns.insert(info.id, Seen { info, request: Vec::new(), response: Vec::new(), gaps: 0, closed: false });
+            }
+            StreamEvent::Data { conn, dir, bytes, .. } => {
+                let c = conns.get_mut(&conn).expect("data for an opened connection");
+                match dir {
+                    Direction::Request => c.request.extend_from_slice(&bytes),
+                    Direction::Response => c.response.extend_from_slice(&bytes),
+                }
+            }
+            StreamEvent::Gap { conn, len, .. } => conns.get_mut(&conn).expect("gap for an opened connection").gaps += len,
+            StreamEvent::Closed { conn, .. } => conns.get_mut(&conn).expect("close of an opened connection").closed = true,
+        }
+    }
+    let status = child.wait().expect("wait child");
+    let out = done.join().expect("stdout thread");
+    assert!(status.success() && out.contains("done"), "child failed: {status} {out}");
+    let stats = cap.stats();
+    assert_eq!(stats.kernel.lost_bytes(), 0, "kernel counted losses: {stats:?}");
+    let mut conns: Vec<Seen> = conns.into_values().collect();
+    conns.sort_by_key(|c| c.info.id);
+    Run { conns, ports, child_pid }
+}
+
+fn no_filter(_: &[u16]) -> Vec<u16> {
+    Vec::new()
+}
+
+/// Checks one client and one server connection per round and listener, each carrying exactly
+/// the bytes the child sent, in order, with no gap, and closed.
+fn assert_exact(run: &Run, size: usize, count: usize, reply: usize, rounds: usize) {
+    assert_eq!(run.conns.len(), 2 * rounds, "connections seen: {:?}", run.conns.iter().map(|c| &c.info).collect::<Vec<_>>());
+    for c in &run.conns {
+        assert_eq!(c.info.pid, run.child_pid);
+        assert!(run.ports.contains(&c.info.local.port()) || run.ports.contains(&c.info.remote.port()));
+        // Which round: the client's messages carry the round in their pattern seed.
+        let round = (0..rounds)
+            .find(|r| c.request.starts_with(&pattern(r * 1000, size.min(64))[..size.min(64)]))
+            .expect("request bytes match a round");
+        let mut want = Vec::new();
+        for i in 0..count {
+            want.extend_from_slice(&pattern(round * 1000 + i, size));
+        }
+        assert_eq!(c.gaps, 0, "gaps on {:?}", c.info);
+        assert_eq!(c.request.len(), want.len(), "request length on {:?}", c.info);
+        assert!(c.request == want, "request bytes differ on {:?}", c.info);
+        assert!(c.response == pattern(round * 1000 + 999, reply), "response bytes differ on {:?}", c.info);
+        assert!(c.closed, "not reported closed: {:?}", c.info);
+    }
+    let clients = run.conns.iter().filter(|c| c.info.role == Role::Client).count();
+    assert_eq!(clients, rounds, "one client side per connection");
+}
+
+async fn syscall_case(send: &str) {
+    let envs = [("DT_SEND", send.to_string()), ("DT_SIZE", "3000".into()), ("DT_COUNT", "5".into())];
+    let run = capture_child(&envs, 256 * 1024, no_filter).await;
+    assert_exact(&run, 3000, 5, 500, 1);
+}
+
+#[tokio::test]
+async fn write_and_read_are_captured_exactly() {
+    require_root!();
+    syscall_case("write").await;
+}
+
+#[tokio::test]
+async fn writev_and_readv_are_captured_exactly() {
+    require_root!();
+    syscall_case("writev").await;
+}
+
+#[tokio::test]
+async fn sendto_and_recvfrom_are_captured_exactly() {
+    require_root!();
+    syscall_case("sendto").await;
+}
+
+#[tokio::test]
+async fn sendmsg_and_recvmsg_are_captured_exactly() {
+    require_root!();
+    syscall_case("sendmsg").await;
+}
+
+#[tokio::test]
+async fn one_mebibyte_write_is_chunked_without_gap_under_the_cap() {
+    require_root!();
+    let envs = [("DT_SIZE", (1 << 20).to_string()), ("DT_REPLY", "100000".into())];
+    let run = capture_child(&envs, 1 << 20, no_filter).await;
+    assert_exact(&run, 1 << 20, 1, 100_000, 1);
+}
+
+#[tokio::test]
+async fn many_small_writes_are_captured_in_order() {
+    require_root!();
+    let envs = [("DT_SIZE", "7".into()), ("DT_COUNT", "3000".into())];
+    let run = capture_child(&envs, 256 * 1024, no_filter).await;
+    assert_exact(&run, 7, 3000, 500, 1);
+}
+
+#[tokio::test]
+async fn ipv6_is_captured() {
+    require_root!();
+    let envs = [("DT_FAMILY", "6".into()), ("DT_SEND", "sendmsg".into())];
+    let run = capture_child(&envs, 256 * 1024, no_filter).await;
+    assert_exact(&run, 1000, 1, 500, 1);
+    for c in &run.conns {
+        assert!(c.info.local.is_ipv6() && c.info.local.ip().is_loopback(), "{:?}", c.info);
+    }
+}
+
+#[tokio::test]
+async fn a_reused_fd_is_a_new_connection() {
+    require_root!();
+    let envs = [("DT_ROUNDS", "3".into())];
+    let run = capture_child(&envs, 256 * 1024, no_filter).await;
+    // Each round closes both sockets before the next opens, so the fds are reused.
+    assert_exact(&run, 1000, 1, 500, 3);
+    let client_ports: std::collections::HashSet<u16> = run
+        .conns
+        .iter()
+        .filter(|c| c.info.role == Role::Client)
+        .map(|c| c.info.local.port())
+        .collect();
+    assert_eq!(client_ports.len(), 3, "three distinct connections");
+}
+
+#[tokio::test]
+async fn a_port_filter_keeps_other_ports_out() {
+    require_root!();
+    let envs = [("DT_LISTENERS", "2".into())];
+    let run = capture_child(&envs, 256 * 1024, |ports| vec![ports[0]]).await;
+    let kept = run.ports[0];
+    assert_eq!(run.conns.len(), 2, "only the two ends of the filtered port's connection");
+    for c in &run.conns {
+        assert!(c.info.local.port() == kept || c.info.remote.port() == kept, "{:?}", c.info);
+    }
+}
+
+#[test]
+fn a_non_root_run_fails_with_a_clear_error() {
+    require_root!();
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: setpriv (util-linux) is not installed");
+        return;
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(exe)
+        .args(["child_traffic_helper", "--exact", "--nocapture", "--test-threads=1"])
+        .env("DT_CHILD", "1")
+        .env("DT_NONROOT", "1")
+        .output()
+        .expect("run as nobody");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("nonroot-ok"), "unexpected: {text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("needs root"), "the message says what is needed: {text}");
+}
