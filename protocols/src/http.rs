@@ -362,13 +362,19 @@ impl HttpDecoder {
         side.buf.extend_from_slice(&input[..take]);
         match find_head_end(&side.buf, side.scan_from.saturating_sub(3)) {
             Some(end) if end <= max_buffer => {
-                let buf = std::mem::take(&mut side.buf);
+                let mut head = std::mem::take(&mut side.buf);
+                let tail = head.split_off(end);
                 let start_ts = side.start_ts;
-                self.parse_head(kind, start_ts, ts, &buf[..end]);
-                let mut buf = buf;
-                buf.clear();
-                self.side(kind).buf = buf;
-                end - old
+                self.parse_head(kind, start_ts, ts, &head);
+                if end >= old {
+                    // The head ended in this input: the rest of it is consumed by the caller.
+                    end - old
+                } else {
+                    // The head ended inside bytes held from before (a resync candidate):
+                    // what follows it, held bytes and this input alike, is parsed now.
+                    self.feed(kind, ts, &tail);
+                    take
+                }
             }
             Some(_) => {
                 self.garbage(kind, ts, false);
@@ -1177,6 +1183,20 @@ mod tests {
         let mut out = Vec::new();
         d.drain(&mut out);
         out
+    }
+
+    /// Regression (found by `cargo fuzz`): a resync candidate that already holds the end of
+    /// the head made the consumed count underflow.
+    #[test]
+    fn head_ending_inside_a_resync_candidate() {
+        let mut d = HttpDecoder::new(DecoderConfig::default());
+        d.push(Direction::Request, 1, b"\x00garbage\r\n\r\n");
+        d.push(Direction::Request, 2, b"GET \n\nGE");
+        d.push(Direction::Request, 3, b"T /ok HTTP/1.1\r\n\r\n");
+        d.close(4);
+        let mut out = Vec::new();
+        d.drain(&mut out);
+        assert!(out.iter().any(|e| e.interface() == "GET /ok"), "{out:#?}");
     }
 
     #[test]
