@@ -44,6 +44,9 @@ pub struct Status {
 pub struct StoredExchange {
     /// Exchange id in the store.
     pub id: u64,
+    /// Its task (given by `GET /v1/exchanges/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
     /// The exchange.
     pub exchange: deetune_protocols::Exchange,
 }
@@ -230,32 +233,64 @@ async fn route(state: ApiState, req: Request<Incoming>) -> Result<Answer, Answer
         }
         (Method::GET, ["v1", "tasks", id, "exchanges"]) => {
             let t = one_task(&state, id).await?;
-            let mut limit = usize::MAX;
+            let mut q = deetune_store::ExchangeQuery::default();
             for kv in query.split('&').filter(|s| !s.is_empty()) {
-                match kv.split_once('=') {
-                    Some(("limit", v)) => {
-                        limit = v.parse().map_err(|_| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                let v = percent_decode(v).ok_or_else(|| {
+                    error(StatusCode::BAD_REQUEST, format!("bad escape in `{kv}`"))
+                })?;
+                match k {
+                    "limit" => {
+                        q.limit = Some(v.parse().map_err(|_| {
                             error(
                                 StatusCode::BAD_REQUEST,
                                 format!("limit must be a number, got `{v}`"),
                             )
-                        })?;
+                        })?);
                     }
+                    "interface" => q.interface = Some(v),
                     _ => {
                         return Err(error(
                             StatusCode::BAD_REQUEST,
-                            format!("unknown query parameter `{kv}`"),
+                            format!("unknown query parameter `{k}` (limit, interface)"),
                         ))
                     }
                 }
             }
             let _ = ask(&state, Command::Flush).await?;
-            let mut out = Vec::new();
-            for item in state.store.exchanges(&t.id).take(limit) {
-                let (id, exchange) = item.map_err(|e| store_err(&e))?;
-                out.push(StoredExchange { id: id.0, exchange });
-            }
+            let found = state
+                .store
+                .find_exchanges(&t.id, &q)
+                .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+            let out: Vec<StoredExchange> = found
+                .into_iter()
+                .map(|(id, exchange)| StoredExchange {
+                    id: id.0,
+                    task: None,
+                    exchange,
+                })
+                .collect();
             Ok(json(StatusCode::OK, &out))
+        }
+        (Method::GET, ["v1", "exchanges", id]) => {
+            let n: u64 = id.parse().map_err(|_| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("`{id}` is not an exchange id"),
+                )
+            })?;
+            let _ = ask(&state, Command::Flush).await?;
+            match state.store.exchange(deetune_store::ExchangeId(n)) {
+                Ok((task, exchange)) => Ok(json(
+                    StatusCode::OK,
+                    &StoredExchange {
+                        id: n,
+                        task: Some(task),
+                        exchange,
+                    },
+                )),
+                Err(e) => Err(error(StatusCode::NOT_FOUND, e.to_string())),
+            }
         }
         (Method::POST, ["v1", "tasks", id, "export"]) => {
             let t = one_task(&state, id).await?;
@@ -283,7 +318,7 @@ async fn route(state: ApiState, req: Request<Incoming>) -> Result<Answer, Answer
         (Method::GET, ["v1", "topology"]) => {
             Ok(json(StatusCode::OK, &ask(&state, Command::Topology).await?))
         }
-        (_, ["v1", "status" | "tasks" | "topology", ..]) => Err(error(
+        (_, ["v1", "status" | "tasks" | "topology" | "exchanges", ..]) => Err(error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed here",
         )),
@@ -320,5 +355,43 @@ pub(crate) async fn serve(listener: tokio::net::UnixListener, state: ApiState) {
                 tracing::debug!(error = %e, "API connection ended with an error.");
             }
         });
+    }
+}
+
+/// `%XX` and `+` decoding of a query value; none on a bad escape or non-UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(
+            super::percent_decode("GET%20%2Fapi%2F*").as_deref(),
+            Some("GET /api/*")
+        );
+        assert_eq!(super::percent_decode("a+b").as_deref(), Some("a b"));
+        assert!(super::percent_decode("%zz").is_none() && super::percent_decode("%4").is_none());
     }
 }

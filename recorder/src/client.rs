@@ -135,22 +135,44 @@ impl Client {
         self.call(Method::GET, "/v1/topology", None::<&()>).await
     }
 
-    /// A task's exchanges (at most `limit`).
+    /// A task's exchanges in recorded order, those whose interface matches the glob
+    /// `interface` when given, at most `limit`.
     ///
     /// # Errors
     /// See [`ClientError`].
     pub async fn exchanges(
         &self,
         id: &str,
+        interface: Option<&str>,
         limit: Option<usize>,
     ) -> Result<Vec<StoredExchange>, ClientError> {
-        let q = limit.map(|l| format!("?limit={l}")).unwrap_or_default();
+        let mut q = Vec::new();
+        if let Some(i) = interface {
+            q.push(format!("interface={}", percent_encode(i)));
+        }
+        if let Some(l) = limit {
+            q.push(format!("limit={l}"));
+        }
+        let q = if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        };
         self.call(
             Method::GET,
             &format!("/v1/tasks/{id}/exchanges{q}"),
             None::<&()>,
         )
         .await
+    }
+
+    /// One exchange by id, with its task.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn exchange(&self, id: u64) -> Result<StoredExchange, ClientError> {
+        self.call(Method::GET, &format!("/v1/exchanges/{id}"), None::<&()>)
+            .await
     }
 
     /// Has the daemon export a task to `path` (`format`: `bundle` or `har`).
@@ -231,4 +253,16 @@ impl Client {
         }
         serde_json::from_slice(&body).map_err(|e| proto(format!("unexpected answer: {e}")))
     }
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -22,12 +22,19 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// One real-capture test at a time: each loads the eBPF programs and starts servers, and the
+/// machine has two cores.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 macro_rules! require_root {
     () => {
         if !is_root() {
             eprintln!("skipped: recording with the eBPF capture needs root (CI runs it as root)");
             return;
         }
+        let _serial = SERIAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
     };
 }
 
@@ -483,12 +490,14 @@ fn daemon_killed_with_sigkill_keeps_tasks_and_flushed_exchanges() {
     assert_eq!(ta.stats.recorded, 12);
     assert_eq!(tb.stats.recorded, 6);
     assert_eq!(
-        rt.block_on(c.exchanges(&a.id, None))
+        rt.block_on(c.exchanges(&a.id, None, None))
             .expect("exchanges")
             .len(),
         12
     );
-    let bx = rt.block_on(c.exchanges(&b.id, None)).expect("exchanges");
+    let bx = rt
+        .block_on(c.exchanges(&b.id, None, None))
+        .expect("exchanges");
     assert_eq!(bx.len(), 6);
     assert!(bx
         .iter()

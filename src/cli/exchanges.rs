@@ -38,6 +38,16 @@ fn list(
     task: &str,
     query: &ExchangeQuery,
 ) -> anyhow::Result<Vec<(ExchangeId, Exchange)>> {
+    let rt = super::task::runtime()?;
+    if let Some(client) = super::task::daemon(&rt, &daemon_socket()) {
+        let rows = rt
+            .block_on(client.exchanges(task, query.interface.as_deref(), query.limit))
+            .with_context(|| format!("listing the exchanges of task {task} through the daemon"))?;
+        return Ok(rows
+            .into_iter()
+            .map(|r| (ExchangeId(r.id), r.exchange))
+            .collect());
+    }
     let store = super::export::open_store(global)?;
     store
         .find_exchanges(task, query)
@@ -46,10 +56,25 @@ fn list(
 
 /// The data access of `exchanges show`: one call, so it can go through the daemon.
 fn show(global: &Global, id: ExchangeId) -> anyhow::Result<(TaskId, Exchange)> {
+    let rt = super::task::runtime()?;
+    if let Some(client) = super::task::daemon(&rt, &daemon_socket()) {
+        let r = rt
+            .block_on(client.exchange(id.0))
+            .with_context(|| format!("reading exchange {id} through the daemon"))?;
+        return Ok((r.task.unwrap_or_default(), r.exchange));
+    }
     let store = super::export::open_store(global)?;
     store
         .exchange(id)
         .with_context(|| format!("reading exchange {id}"))
+}
+
+/// The daemon's socket (`DEETUNE_SOCKET` or the default).
+fn daemon_socket() -> std::path::PathBuf {
+    std::env::var_os("DEETUNE_SOCKET").map_or_else(
+        || std::path::PathBuf::from(deetune_recorder::DEFAULT_SOCKET),
+        std::path::PathBuf::from,
+    )
 }
 
 fn outcome(x: &Exchange) -> String {

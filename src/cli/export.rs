@@ -45,6 +45,28 @@ pub(crate) fn open_store(global: &Global) -> anyhow::Result<Store> {
 /// The data access of `export`: one call, so it can go through the daemon when one owns
 /// the store.
 fn export(global: &Global, task: &str, output: &Path, format: Format) -> anyhow::Result<u64> {
+    // When a daemon owns the store, it writes the file (same host; absolute path).
+    let socket = std::env::var_os("DEETUNE_SOCKET").map_or_else(
+        || PathBuf::from(deetune_recorder::DEFAULT_SOCKET),
+        PathBuf::from,
+    );
+    let rt = super::task::runtime()?;
+    if let Some(client) = super::task::daemon(&rt, &socket) {
+        let abs = std::path::absolute(output)
+            .with_context(|| format!("resolving {}", output.display()))?;
+        let f = match format {
+            Format::Jsonl => "bundle",
+            Format::Har => "har",
+        };
+        return rt
+            .block_on(client.export(task, &abs, Some(f)))
+            .with_context(|| {
+                format!(
+                    "exporting task {task} to {} through the daemon",
+                    output.display()
+                )
+            });
+    }
     let store = open_store(global)?;
     let n = match format {
         Format::Jsonl => store.export_bundle(task, output),
