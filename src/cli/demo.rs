@@ -253,10 +253,10 @@ async fn demo(out: Option<PathBuf>, rounds: u32, http_only: bool) -> anyhow::Res
             ports,
             ..deetune_recorder::CaptureConfig::default()
         })
+        .context("starting the eBPF capture (Linux ≥ 5.8 with BTF, as root)")
     })
     .await
-    .context("starting the eBPF capture")?
-    .context("starting the eBPF capture (Linux ≥ 5.8 with BTF, as root)")?;
+    .context("starting the eBPF capture")??;
     let spec = deetune_store::TaskSpec {
         name: Some("demo".into()),
         from: Some("web".into()),
