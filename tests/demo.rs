@@ -252,7 +252,7 @@ fn sigint_during_the_demo_leaves_no_process_behind() {
             .status()
             .expect("run kill");
         assert!(sent.success());
-        let status = wait_exit(&mut child, Duration::from_secs(60));
+        let status = wait_exit(&mut child, Duration::from_secs(150));
         seen.extend(lines.try_iter());
         let stdout = seen.join("\n");
         if reached {
