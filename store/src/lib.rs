@@ -27,3 +27,11 @@ pub use error::{BundleError, StoreError};
 pub use har::write_har;
 pub use task::{TaskId, TaskRecord, TaskSpec, TaskState, TaskStats};
 pub use topology::TopologyEdge;
+
+// The daemon shares one store between threads.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<Store>();
+    fn sendable<T: Send>() {}
+    sendable::<BundleReader>();
+};
