@@ -141,7 +141,10 @@ fn large_body_is_cut_at_the_cap() {
         Chunking::AsRecorded,
     );
     let body = &response(&ex[0]).body;
-    assert_eq!(body.decoded.as_ref().map(deetune_protocols::Payload::len), Some(1000));
+    assert_eq!(
+        body.decoded.as_ref().map(deetune_protocols::Payload::len),
+        Some(1000)
+    );
     assert!(body.truncated);
 }
 
