@@ -29,8 +29,14 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
-    let spec = args.policy.to_spec()?;
-    let config = match &args.config {
+    let Args {
+        policy,
+        output,
+        config,
+        json,
+    } = args;
+    let spec = policy.to_spec()?;
+    let config = match &config {
         Some(p) => RecorderConfig::load(p)?,
         None => RecorderConfig::default(),
     };
@@ -42,14 +48,14 @@ pub(crate) fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let (task, mut sink) = rt.block_on(async {
         let capture = Capture::start(CaptureConfig::default())
             .context("cannot start the eBPF capture (root is needed)")?;
-        let sink = BundleSink::create(args.output.clone(), &header)?;
-        eprintln!("Recording into {} (Ctrl-C stops).", args.output.display());
+        let sink = BundleSink::create(output.clone(), &header)?;
+        eprintln!("Recording into {} (Ctrl-C stops).", output.display());
         let (task, sink, _stats) =
             record(header, &config.services, capture, sink, terminated()).await?;
         anyhow::Ok((task, sink))
     })?;
     let n = sink.finish()?;
-    print_one(&task, args.json)?;
-    eprintln!("Wrote {n} exchanges to {}.", args.output.display());
+    print_one(&task, json)?;
+    eprintln!("Wrote {n} exchanges to {}.", output.display());
     Ok(exit::success())
 }

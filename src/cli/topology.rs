@@ -29,8 +29,9 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
+    let Args { format, socket } = args;
     let rt = runtime()?;
-    let edges = match daemon(&rt, &args.socket.socket) {
+    let edges = match daemon(&rt, &socket.socket) {
         Some(c) => rt
             .block_on(c.topology())
             .context("cannot read the topology from the daemon")?,
@@ -38,7 +39,7 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             .edges()
             .context("cannot read the topology")?,
     };
-    match args.format {
+    match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&edges)?),
         Format::Dot => print!("{}", dot(&edges)),
         Format::Table => print!("{}", table(&edges)),
