@@ -266,7 +266,7 @@ static __always_inline void tag_sock(struct sock_len_ctx *ctx, __u8 dir)
 		a->peek = 1;
 }
 
-static __always_inline void emit_gap(struct conn *c, __u32 tgid, __u8 dir, __u64 pos, __u64 len,
+static __always_inline void emit_gap(__u64 conn_id, __u32 tgid, __u8 dir, __u64 pos, __u64 len,
 				     __u8 reason)
 {
 	struct dt_gap_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -276,7 +276,7 @@ static __always_inline void emit_gap(struct conn *c, __u32 tgid, __u8 dir, __u64
 	}
 	e->hdr.kind = DT_EV_GAP;
 	e->hdr.tgid = tgid;
-	e->hdr.conn_id = c->id;
+	e->hdr.conn_id = conn_id;
 	e->hdr.ts_ns = bpf_ktime_get_ns();
 	e->pos = pos;
 	e->len = len;
@@ -381,11 +381,17 @@ static __always_inline struct conn *get_conn(struct dt_config *cfg, __u32 tgid, 
 	return c;
 }
 
-/* One data event: `n` bytes at user address `src`. Returns 0 when it reached the ring. */
-static __always_inline int emit_chunk(struct conn *c, __u32 tgid, __u8 dir, __u8 syscall,
-				      __u64 pos, __u64 src, __u32 n)
+/*
+ * One data event: `n` bytes at user address `src`. A global (not inlined) function so the
+ * verifier checks it once rather than in every iteration of the caller's loop.
+ * meta = tgid | dir << 32 | syscall << 40. Returns 0 when the event reached the ring buffer.
+ */
+__noinline int dt_emit_chunk(__u64 conn_id, __u64 meta, __u64 pos, __u64 src, __u64 n)
 {
 	__u32 zero = 0;
+	__u32 tgid = meta;
+	__u8 dir = (meta >> 32) & 1;
+	__u8 syscall = meta >> 40;
 	struct dt_data_event *e = bpf_map_lookup_elem(&scratch, &zero);
 	if (!e)
 		return -1;
@@ -393,7 +399,7 @@ static __always_inline int emit_chunk(struct conn *c, __u32 tgid, __u8 dir, __u8
 		n = DT_CHUNK_MAX;
 	e->hdr.kind = DT_EV_DATA;
 	e->hdr.tgid = tgid;
-	e->hdr.conn_id = c->id;
+	e->hdr.conn_id = conn_id;
 	e->hdr.ts_ns = bpf_ktime_get_ns();
 	e->pos = pos;
 	e->len = n;
@@ -402,18 +408,41 @@ static __always_inline int emit_chunk(struct conn *c, __u32 tgid, __u8 dir, __u8
 	e->_pad = 0;
 	if (bpf_probe_read_user(e->data, n, (void *)src)) {
 		count(DT_ST_READ_FAILED, n);
-		emit_gap(c, tgid, dir, pos, n, DT_GAP_READ_FAILED);
+		emit_gap(conn_id, tgid, dir, pos, n, DT_GAP_READ_FAILED);
 		return -1;
 	}
 	if (bpf_ringbuf_output(&events, e, offsetof(struct dt_data_event, data) + n, 0)) {
 		count(DT_ST_RB_FULL_EVENTS, 1);
 		count(DT_ST_RB_FULL_BYTES, n);
-		emit_gap(c, tgid, dir, pos, n, DT_GAP_RINGBUF_FULL);
+		emit_gap(conn_id, tgid, dir, pos, n, DT_GAP_RINGBUF_FULL);
 		return -1;
 	}
 	count(DT_ST_EVENTS, 1);
 	count(DT_ST_BYTES, n);
 	return 0;
+}
+
+/*
+ * Emits `len` bytes at user address `src` in chunks; returns the bytes accounted for (all of
+ * them: a chunk that failed is reported as a gap by dt_emit_chunk). Global, verified once.
+ */
+__noinline __u64 dt_emit_range(__u64 conn_id, __u64 meta, __u64 pos, __u64 src, __u64 len)
+{
+	__u64 chunk = DT_CHUNK_MAX;
+	struct dt_config *cfg = get_config();
+	if (cfg && cfg->v[DT_CFG_CHUNK_BYTES] > 0 && cfg->v[DT_CFG_CHUNK_BYTES] < DT_CHUNK_MAX)
+		chunk = cfg->v[DT_CFG_CHUNK_BYTES];
+	__u64 done = 0;
+	for (int i = 0; i < DT_CHUNKS_MAX; i++) {
+		if (done >= len)
+			break;
+		__u64 n = len - done;
+		if (n > chunk)
+			n = chunk;
+		dt_emit_chunk(conn_id, meta, pos + done, src + done, n);
+		done += n;
+	}
+	return done;
 }
 
 static __always_inline void on_exit(long ret)
@@ -439,55 +468,34 @@ static __always_inline void on_exit(long ret)
 	if (!ports_allowed(cfg, c->lport, c->rport))
 		return; /* filtered out after the connection was first seen */
 
+	__u64 conn_id = c->id;
+	__u64 meta = tgid | ((__u64)dir << 32) | ((__u64)a.syscall << 40);
 	__u64 cap = cfg->v[DT_CFG_CAP_BYTES];
-	__u64 chunk = cfg->v[DT_CFG_CHUNK_BYTES];
-	if (chunk == 0 || chunk > DT_CHUNK_MAX)
-		chunk = DT_CHUNK_MAX;
 	if (cap > (__u64)DT_CHUNK_MAX * DT_CHUNKS_MAX)
 		cap = (__u64)DT_CHUNK_MAX * DT_CHUNKS_MAX;
-	__u64 left = total < cap ? total : cap; /* bytes we may still copy */
-	__u64 done = 0;                        /* bytes accounted for (copied or lost) */
-	__u64 base = a.buf, ilen = total;      /* current buffer */
-	__u32 iov_idx = 0;
-	__u32 iovcnt = a.iovcnt < DT_IOV_MAX ? a.iovcnt : DT_IOV_MAX;
-	if (a.iovcnt) {
-		struct dt_iovec iov = {};
-		if (bpf_probe_read_user(&iov, sizeof(iov), (void *)a.buf))
-			iov.len = 0;
-		base = iov.base;
-		ilen = iov.len;
-	}
-	for (int k = 0; k < DT_CHUNKS_MAX + DT_IOV_MAX; k++) {
-		if (left == 0)
-			break;
-		if (ilen == 0) {
-			if (!a.iovcnt)
-				break;
-			iov_idx++;
-			if (iov_idx >= iovcnt)
+	__u64 left = total < cap ? total : cap; /* bytes we may copy */
+	__u64 done = 0;                        /* bytes accounted for */
+	if (!a.iovcnt) {
+		done = dt_emit_range(conn_id, meta, pos0, a.buf, left);
+	} else {
+		__u32 iovcnt = a.iovcnt < DT_IOV_MAX ? a.iovcnt : DT_IOV_MAX;
+		for (__u32 j = 0; j < DT_IOV_MAX; j++) {
+			if (j >= iovcnt || done >= left)
 				break;
 			struct dt_iovec iov = {};
-			if (bpf_probe_read_user(&iov, sizeof(iov),
-						(void *)(a.buf + iov_idx * sizeof(iov))))
+			if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(a.buf + j * sizeof(iov))))
 				break;
-			base = iov.base;
-			ilen = iov.len;
-			continue;
+			__u64 n = left - done;
+			if (iov.len < n)
+				n = iov.len;
+			done += dt_emit_range(conn_id, meta, pos0 + done, iov.base, n);
 		}
-		__u64 n = ilen < chunk ? ilen : chunk;
-		if (n > left)
-			n = left;
-		emit_chunk(c, tgid, dir, a.syscall, pos0 + done, base, n);
-		base += n;
-		ilen -= n;
-		left -= n;
-		done += n;
 	}
 	if (done < total) {
 		__u64 missing = total - done;
 		count(DT_ST_GAP_OVER_CAP, missing);
-		emit_gap(c, tgid, dir, pos0 + done, missing,
-			 left == 0 ? DT_GAP_OVER_CAP : DT_GAP_IOV_LIMIT);
+		emit_gap(conn_id, tgid, dir, pos0 + done, missing,
+			 done >= left ? DT_GAP_OVER_CAP : DT_GAP_IOV_LIMIT);
 	}
 }
 

@@ -1,13 +1,218 @@
-//! `deetune capture` (not built yet).
+//! `deetune capture`: a debugging sniffer on the eBPF capture core. Prints connections and
+//! payload previews (or JSON lines) and, on Ctrl-C or at the end of `--duration`, the counts.
+//! Also the quickest check that a host supports deetune.
 
+use std::collections::HashMap;
+use std::io::Write as _;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::Context as _;
+use deetune_protocols::Direction;
+use deetune_recorder::{Capture, CaptureConfig, CaptureStats, ConnInfo, StreamEvent};
+
+use super::daemon::terminated;
+use super::task::parse_duration;
 use super::Global;
+use crate::exit;
 
 /// Arguments of `deetune capture`.
 #[derive(Debug, clap::Args)]
-pub(crate) struct Args {}
+pub(crate) struct Args {
+    /// Only connections with this local or remote port (repeatable; filtered in the kernel).
+    #[arg(long = "port", value_name = "PORT")]
+    ports: Vec<u16>,
+    /// Only this process id (repeatable; filtered in the kernel).
+    #[arg(long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
+    /// Only processes with this name (`comm`, repeatable; filtered in user space).
+    #[arg(long = "comm", value_name = "NAME")]
+    comms: Vec<String>,
+    /// Print JSON lines (one object per event, then a `stats` object) instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Bytes captured per syscall at most (the rest is a counted gap; at most 1 MiB).
+    #[arg(long, value_name = "BYTES", default_value_t = CaptureConfig::default().max_bytes_per_syscall)]
+    max_bytes: u32,
+    /// Stop after this long (e.g. 10s, 5m); default: until Ctrl-C.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    duration: Option<u64>,
+    /// Payload bytes shown per data event in text mode.
+    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    preview: usize,
+}
 
-pub(crate) fn run(_global: &Global, _args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`deetune capture` is not available in this build yet")
+pub(crate) fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(sniff(args))
+}
+
+async fn sniff(args: Args) -> anyhow::Result<ExitCode> {
+    let config = CaptureConfig {
+        max_bytes_per_syscall: args.max_bytes,
+        pids: args.pids.clone(),
+        ports: args.ports.clone(),
+        ..CaptureConfig::default()
+    };
+    let mut capture = Capture::start(config).context("cannot start the eBPF capture")?;
+    if !args.json {
+        eprintln!("Capturing TCP traffic (Ctrl-C stops).");
+    }
+    let stop = async {
+        match args.duration {
+            Some(s) => {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(s)) => {},
+                    () = terminated() => {},
+                }
+            }
+            None => terminated().await,
+        }
+    };
+    tokio::pin!(stop);
+    let mut shown: HashMap<u64, bool> = HashMap::new();
+    let stdout = std::io::stdout();
+    loop {
+        let ev = tokio::select! {
+            () = &mut stop => break,
+            ev = capture.next_event() => ev,
+        };
+        let Some(ev) = ev else { break };
+        let mut out = stdout.lock();
+        print_event(&mut out, &args, &mut shown, &ev)?;
+        out.flush()?;
+    }
+    let stats = capture.stats();
+    print_stats(&mut stdout.lock(), args.json, &stats)?;
+    Ok(exit::success())
+}
+
+fn wanted(args: &Args, info: &ConnInfo) -> bool {
+    args.comms.is_empty() || args.comms.iter().any(|c| *c == info.comm)
+}
+
+fn dir_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Request => "request",
+        Direction::Response => "response",
+    }
+}
+
+fn preview(bytes: &[u8], max: usize) -> String {
+    let mut s: String = bytes[..bytes.len().min(max)]
+        .iter()
+        .flat_map(|&b| std::ascii::escape_default(b))
+        .map(char::from)
+        .collect();
+    if bytes.len() > max {
+        s.push('…');
+    }
+    s
+}
+
+fn print_event(
+    out: &mut impl std::io::Write,
+    args: &Args,
+    shown: &mut HashMap<u64, bool>,
+    ev: &StreamEvent,
+) -> std::io::Result<()> {
+    match ev {
+        StreamEvent::Opened(info) => {
+            let keep = wanted(args, info);
+            shown.insert(info.id, keep);
+            if !keep {
+                return Ok(());
+            }
+            if args.json {
+                let v = serde_json::json!({
+                    "type": "open", "conn": info.id, "pid": info.pid, "comm": info.comm,
+                    "cgroup_id": info.cgroup_id, "role": format!("{:?}", info.role).to_lowercase(),
+                    "local": info.local.to_string(), "remote": info.remote.to_string(),
+                    "ts_ns": info.opened_ns,
+                });
+                writeln!(out, "{v}")
+            } else {
+                writeln!(
+                    out,
+                    "#{} open  {} ({}) {} {} -> {}",
+                    info.id,
+                    info.comm,
+                    info.pid,
+                    format!("{:?}", info.role).to_lowercase(),
+                    info.local,
+                    info.remote
+                )
+            }
+        }
+        StreamEvent::Data { conn, dir, ts_ns, bytes } => {
+            if !shown.get(conn).copied().unwrap_or(false) {
+                return Ok(());
+            }
+            if args.json {
+                let v = serde_json::json!({
+                    "type": "data", "conn": conn, "dir": dir_name(*dir), "ts_ns": ts_ns,
+                    "len": bytes.len(), "text": String::from_utf8_lossy(bytes),
+                });
+                writeln!(out, "{v}")
+            } else {
+                let arrow = if *dir == Direction::Request { ">" } else { "<" };
+                writeln!(out, "#{conn} {arrow} {} bytes: {}", bytes.len(), preview(bytes, args.preview))
+            }
+        }
+        StreamEvent::Gap { conn, dir, ts_ns, len, reason } => {
+            if !shown.get(conn).copied().unwrap_or(false) {
+                return Ok(());
+            }
+            if args.json {
+                let v = serde_json::json!({
+                    "type": "gap", "conn": conn, "dir": dir_name(*dir), "ts_ns": ts_ns,
+                    "len": len, "reason": format!("{reason:?}"),
+                });
+                writeln!(out, "{v}")
+            } else {
+                writeln!(out, "#{conn} gap {} {len} bytes missing ({reason:?})", dir_name(*dir))
+            }
+        }
+        StreamEvent::Closed { conn, ts_ns } => {
+            if !shown.remove(conn).unwrap_or(false) {
+                return Ok(());
+            }
+            if args.json {
+                writeln!(out, "{}", serde_json::json!({"type": "close", "conn": conn, "ts_ns": ts_ns}))
+            } else {
+                writeln!(out, "#{conn} close")
+            }
+        }
+    }
+}
+
+fn print_stats(out: &mut impl std::io::Write, json: bool, s: &CaptureStats) -> std::io::Result<()> {
+    let lost = s.kernel.lost_bytes();
+    if json {
+        let v = serde_json::json!({
+            "type": "stats", "events": s.events, "bytes": s.bytes, "gaps": s.gaps,
+            "gap_bytes": s.gap_bytes, "lost_bytes": lost, "connections": s.connections,
+            "kernel": s.kernel, "kernel_events": s.kernel_events, "kernel_bytes": s.kernel_bytes,
+        });
+        writeln!(out, "{v}")
+    } else {
+        writeln!(
+            out,
+            "{} events, {} connections, {} bytes, {} gaps ({} bytes), {} bytes lost \
+             (over cap {}, ring buffer full {}, unreadable {}), {} control events lost",
+            s.events,
+            s.connections,
+            s.bytes,
+            s.gaps,
+            s.gap_bytes,
+            lost,
+            s.kernel.over_cap_bytes,
+            s.kernel.ring_full_bytes,
+            s.kernel.read_failed_bytes,
+            s.kernel.control_events_lost,
+        )
+    }
 }
