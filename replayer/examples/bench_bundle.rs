@@ -43,17 +43,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 method: "GET".into(),
                 target: "/bench".into(),
                 version: "HTTP/1.1".into(),
-                headers: vec![Header { name: "Host".into(), value: "prod".into() }],
+                headers: vec![Header {
+                    name: "Host".into(),
+                    value: "prod".into(),
+                }],
                 body: Body::default(),
             }),
             response: Some(Response::Http(HttpResponse {
                 version: "HTTP/1.1".into(),
                 status: 200,
                 reason: "OK".into(),
-                headers: vec![Header { name: "Content-Type".into(), value: "application/json".into() }],
-                body: Body { raw: body.into(), decoded: None, len: body.len() as u64, truncated: false },
+                headers: vec![Header {
+                    name: "Content-Type".into(),
+                    value: "application/json".into(),
+                }],
+                body: Body {
+                    raw: body.into(),
+                    decoded: None,
+                    len: body.len() as u64,
+                    truncated: false,
+                },
             })),
-            timing: Timing { request_start_ns: t, request_end_ns: t, response_start_ns: t, response_end_ns: t },
+            timing: Timing {
+                request_start_ns: t,
+                request_end_ns: t,
+                response_start_ns: t,
+                response_end_ns: t,
+            },
             flags: Flags::default(),
             session: None,
         })?;
