@@ -87,7 +87,15 @@ pub struct MysqlDecoder {
     resp_resync: bool,
     /// Mark for the next command.
     req_mark: Flags,
+    /// Bytes of SQL held in `stmts`.
+    stmt_bytes: usize,
+    /// Approximate bytes held by `ready`.
+    ready_bytes: usize,
 }
+
+/// Commands waiting for a response (MySQL clients rarely pipeline); past it the oldest is
+/// emitted `unpaired` without response.
+const MAX_PENDING: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -166,6 +174,8 @@ impl MysqlDecoder {
             req_resync: false,
             resp_resync: false,
             req_mark: Flags::default(),
+            stmt_bytes: 0,
+            ready_bytes: 0,
         }
     }
 
@@ -180,6 +190,11 @@ impl MysqlDecoder {
         timing: Timing,
         flags: Flags,
     ) {
+        self.ready_bytes +=
+            64 + match &request {
+                Request::Mysql(c) => c.sql().map_or(0, str::len),
+                _ => 0,
+            } + response.as_ref().map_or(0, response_size);
         self.ready.push(Exchange {
             conn: crate::ConnectionMeta::default(),
             seq: self.seq,
@@ -231,6 +246,12 @@ impl MysqlDecoder {
             }
         });
         if let (MysqlCommand::StmtPrepare { sql }, Some((id, params, _))) = (&p.cmd, p.prepared) {
+            // Bounded: past 4 × max_body of statement text, new statements are not
+            // remembered (their executes come out without SQL).
+            if self.stmt_bytes + sql.len() > 4 * self.budget {
+                return self.emit_finished(p, response, end);
+            }
+            self.stmt_bytes += sql.len() + 64;
             self.stmts.insert(
                 id,
                 Stmt {
@@ -245,14 +266,17 @@ impl MysqlDecoder {
         {
             self.session.schema = Some(schema.clone());
         }
+        self.emit_finished(p, response, end);
+    }
+
+    fn emit_finished(&mut self, p: Pending, response: Option<MysqlResponse>, end: u64) {
         let timing = Timing {
             request_start_ns: p.start,
             request_end_ns: p.end,
             response_start_ns: p.resp_start,
             response_end_ns: end,
         };
-        let request = Request::Mysql(p.cmd);
-        self.emit(request, response, timing, p.flags);
+        self.emit(Request::Mysql(p.cmd), response, timing, p.flags);
     }
 
     fn flush_pending(&mut self, mark: Flags) {
@@ -398,7 +422,9 @@ impl MysqlDecoder {
             COM_STMT_CLOSE => {
                 no_response = true;
                 let id = Reader::new(body).u32().unwrap_or(0);
-                self.stmts.remove(&id);
+                if let Some(st) = self.stmts.remove(&id) {
+                    self.stmt_bytes = self.stmt_bytes.saturating_sub(st.sql.len() + 64);
+                }
                 MysqlCommand::StmtClose { statement_id: id }
             }
             COM_STMT_RESET => MysqlCommand::StmtReset {
@@ -455,6 +481,20 @@ impl MysqlDecoder {
             unsigned: Vec::new(),
             prepared: None,
         });
+        while self.pending.len() > MAX_PENDING {
+            if let Some(p) = self.pending.pop_front() {
+                let timing = Timing {
+                    request_start_ns: p.start,
+                    request_end_ns: p.end,
+                    ..Timing::default()
+                };
+                let flags = Flags {
+                    unpaired: true,
+                    ..p.flags
+                };
+                self.emit(Request::Mysql(p.cmd), None, timing, flags);
+            }
+        }
     }
 
     fn parse_execute(&mut self, body: &[u8], flags: &mut Flags) -> MysqlCommand {
@@ -784,6 +824,32 @@ impl MysqlDecoder {
     }
 }
 
+/// Approximate heap size of a response.
+fn response_size(r: &MysqlResponse) -> usize {
+    match r {
+        MysqlResponse::ResultSets { sets } => sets
+            .iter()
+            .map(|s| {
+                s.columns.len() * 64
+                    + s.rows
+                        .iter()
+                        .map(|r| {
+                            r.iter()
+                                .map(|v| match v {
+                                    MysqlValue::Bytes(b) => b.len() + 32,
+                                    _ => 32,
+                                })
+                                .sum::<usize>()
+                        })
+                        .sum::<usize>()
+            })
+            .sum(),
+        MysqlResponse::Ok { info, .. } => 64 + info.len(),
+        MysqlResponse::Err { message, .. } => 64 + message.len(),
+        _ => 64,
+    }
+}
+
 fn next_prep_columns(prepared: Option<(u32, u16, u16)>) -> RespState {
     match prepared {
         Some((_, _, cols)) if cols > 0 => RespState::PrepColumns { left: cols },
@@ -1014,5 +1080,15 @@ impl StreamDecoder for MysqlDecoder {
 
     fn drain(&mut self, out: &mut Vec<Exchange>) {
         out.append(&mut self.ready);
+        self.ready_bytes = 0;
+    }
+
+    fn buffered_bytes(&self) -> usize {
+        let pending: usize = self
+            .pending
+            .iter()
+            .map(|p| 128 + p.kept + p.cmd.sql().map_or(0, str::len))
+            .sum();
+        self.req.buffered() + self.resp.buffered() + pending + self.stmt_bytes + self.ready_bytes
     }
 }

@@ -47,6 +47,15 @@ pub struct RedisDecoder {
     sub_cmd: Option<RedisCommand>,
     /// Scratch for parsed messages.
     parsed: Vec<Parsed>,
+    /// Approximate bytes held by `pending`.
+    pending_bytes: usize,
+    /// Cap on `pending_bytes`; past it the oldest command is emitted without reply.
+    max_pending_bytes: usize,
+    /// Replies still owed to commands emitted early (they are dropped when they come, so that
+    /// later replies stay in step).
+    owed: u64,
+    /// Approximate bytes held by `ready`.
+    ready_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -86,6 +95,10 @@ impl RedisDecoder {
             subscribed: false,
             sub_cmd: None,
             parsed: Vec::new(),
+            pending_bytes: 0,
+            max_pending_bytes: 2 * (config.max_body + config.max_buffer),
+            owed: 0,
+            ready_bytes: 0,
         }
     }
 
@@ -96,6 +109,7 @@ impl RedisDecoder {
         timing: Timing,
         flags: Flags,
     ) {
+        self.ready_bytes += request_size(&request) + response.as_ref().map_or(0, value_size);
         self.ready.push(Exchange {
             conn: crate::ConnectionMeta::default(),
             seq: self.seq,
@@ -129,12 +143,36 @@ impl RedisDecoder {
         };
         let mut flags = std::mem::take(&mut self.req.mark);
         flags.truncated |= truncated;
+        self.pending_bytes += command_size(&cmd);
         self.pending.push_back(Pending {
             cmd,
             start,
             end: ts,
             flags,
         });
+        // Bounded memory: a client that never gets replies (or whose replies the capture
+        // lost) cannot grow the queue past the cap.
+        while self.pending_bytes > self.max_pending_bytes && self.pending.len() > 1 {
+            if let Some(p) = self.pop_pending() {
+                self.owed += 1;
+                let timing = Timing {
+                    request_start_ns: p.start,
+                    request_end_ns: p.end,
+                    ..Timing::default()
+                };
+                let flags = Flags {
+                    unpaired: true,
+                    ..p.flags
+                };
+                self.emit(Request::Redis(p.cmd), None, timing, flags);
+            }
+        }
+    }
+
+    fn pop_pending(&mut self) -> Option<Pending> {
+        let p = self.pending.pop_front()?;
+        self.pending_bytes = self.pending_bytes.saturating_sub(command_size(&p.cmd));
+        Some(p)
     }
 
     fn on_response(&mut self, p: Parsed, ts: u64) {
@@ -178,7 +216,12 @@ impl RedisDecoder {
     }
 
     fn pair_front(&mut self, value: RespValue, start: u64, end: u64, mut flags: Flags) {
-        match self.pending.pop_front() {
+        if self.owed > 0 {
+            // The reply of a command already emitted without one.
+            self.owed -= 1;
+            return;
+        }
+        match self.pop_pending() {
             Some(p) => {
                 flags.truncated |= p.flags.truncated;
                 flags.gap |= p.flags.gap;
@@ -230,7 +273,8 @@ impl RedisDecoder {
 
     /// Emit the waiting commands without response (close, or a response-side loss).
     fn flush_pending(&mut self, mark: Flags) {
-        while let Some(p) = self.pending.pop_front() {
+        self.owed = 0;
+        while let Some(p) = self.pop_pending() {
             let mut flags = p.flags;
             flags.unpaired |= mark.unpaired;
             flags.gap |= mark.gap;
@@ -356,6 +400,34 @@ impl Half {
     }
 }
 
+fn command_size(c: &RedisCommand) -> usize {
+    64 + c.args.iter().map(|a| a.len() + 24).sum::<usize>()
+}
+
+fn request_size(r: &Request) -> usize {
+    match r {
+        Request::Redis(c) => command_size(c),
+        _ => 64,
+    }
+}
+
+/// Approximate heap size of a value (payload plus a fixed overhead per value).
+fn value_size(v: &RespValue) -> usize {
+    48 + match v {
+        RespValue::Simple(s) | RespValue::Error(s) | RespValue::BigNumber(s) => s.len(),
+        RespValue::Bulk(p) | RespValue::BulkError(p) => p.len(),
+        RespValue::Verbatim { text, .. } => text.len(),
+        RespValue::Array(items) | RespValue::Set(items) | RespValue::Push(items) => {
+            items.iter().map(value_size).sum()
+        }
+        RespValue::Map(pairs) => pairs
+            .iter()
+            .map(|(k, v)| value_size(k) + value_size(v))
+            .sum(),
+        RespValue::Null | RespValue::Integer(_) | RespValue::Boolean(_) | RespValue::Double(_) => 0,
+    }
+}
+
 /// The args of a multibulk command (anything that is not a bulk/simple string is rendered
 /// as text so nothing is lost).
 fn command_args(value: RespValue) -> Vec<Payload> {
@@ -444,5 +516,16 @@ impl StreamDecoder for RedisDecoder {
 
     fn drain(&mut self, out: &mut Vec<Exchange>) {
         out.append(&mut self.ready);
+        self.ready_bytes = 0;
+    }
+
+    fn buffered_bytes(&self) -> usize {
+        let resync = |h: &Half| h.resync.as_ref().map_or(0, |r| r.buf.len());
+        self.req.parser.buffered()
+            + self.resp.parser.buffered()
+            + resync(&self.req)
+            + resync(&self.resp)
+            + self.pending_bytes
+            + self.ready_bytes
     }
 }

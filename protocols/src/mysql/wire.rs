@@ -45,6 +45,11 @@ impl Framer {
         }
     }
 
+    /// Bytes held for the packet in progress.
+    pub(super) fn buffered(&self) -> usize {
+        self.cur.as_ref().map_or(0, |p| p.payload.len())
+    }
+
     pub(super) fn is_idle(&self) -> bool {
         self.cur.is_none() && self.hdr_len == 0
     }

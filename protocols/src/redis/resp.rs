@@ -106,6 +106,12 @@ impl RespParser {
         self.side
     }
 
+    /// Bytes held for the message in progress (approximate: values count their payload plus
+    /// a fixed overhead).
+    pub(super) fn buffered(&self) -> usize {
+        self.line.len() + self.kept + self.stack.len() * VALUE_COST
+    }
+
     /// True when no message is partly read.
     pub(super) fn is_idle(&self) -> bool {
         self.start_ts.is_none()
@@ -314,7 +320,6 @@ impl RespParser {
     }
 
     fn complete(&mut self, mut value: RespValue, out: &mut Vec<Parsed>) {
-        self.kept += VALUE_COST;
         loop {
             let Some(top) = self.stack.last_mut() else {
                 out.push(Parsed::Value {
@@ -327,6 +332,7 @@ impl RespParser {
             };
             if self.kept <= self.budget {
                 top.items.push(value);
+                self.kept += VALUE_COST;
             } else {
                 self.truncated = true;
             }
@@ -461,7 +467,7 @@ fn check_start(b: &[u8], side: Side) -> Check {
             Check::NeedMore
         };
     };
-    let Some(line) = b[1..nl].strip_suffix(b"\r") else {
+    let Some(line) = b.get(1..nl).and_then(|l| l.strip_suffix(b"\r")) else {
         return Check::No;
     };
     match side {
@@ -522,11 +528,11 @@ mod tests {
         assert_eq!(values[7], RespValue::Integer(7), "attribute dropped");
         assert!(matches!(&values[0], RespValue::Map(m) if m.len() == 2));
         assert_eq!(
-            values[3],
+            values[2],
             RespValue::BigNumber("12345678901234567890".into())
         );
         assert_eq!(
-            values[4],
+            values[3],
             RespValue::Verbatim {
                 format: "txt".into(),
                 text: "some".into()
@@ -560,6 +566,12 @@ mod tests {
             Err(Invalid { at: 7 })
         );
         assert!(p.is_idle());
+    }
+
+    #[test]
+    fn resync_candidate_that_is_a_newline() {
+        // Regression (found by the property test): a candidate byte that is itself `\n`.
+        assert_eq!(find_resync(b"\n\n", Side::Response, true), Resync::NotFound);
     }
 
     #[test]
