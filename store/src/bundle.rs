@@ -198,11 +198,11 @@ impl BundleWriter {
         Ok(())
     }
 
-    /// Appends an exchange already serialized as one line of canonical JSON (no newline):
-    /// the store keeps exchanges in exactly this form, so export copies bytes.
-    pub(crate) fn write_json_line(&mut self, json: &[u8]) -> Result<(), BundleError> {
-        self.write_bytes(json)?;
-        self.count += 1;
+    /// Appends `count` exchanges already serialized as JSON lines joined by `\n` (no final
+    /// newline): the store keeps exchanges in exactly this form, so export copies bytes.
+    pub(crate) fn write_json_lines(&mut self, lines: &[u8], count: u64) -> Result<(), BundleError> {
+        self.write_bytes(lines)?;
+        self.count += count;
         Ok(())
     }
 

@@ -20,6 +20,11 @@ const PENDING_PREFIX: &[u8] = b"pending:";
 const TAG_EXCHANGE: u8 = b'x';
 const TAG_INDEX: u8 = b'i';
 const TAG_USAGE: u8 = b'u';
+/// Next exchange id, in the exchanges tree so it is written in the same batch as the blocks.
+const NEXT_ID_KEY: &[u8] = b"next-id";
+/// Exchanges per stored block (one sled value): appends and imports write blocks of at most
+/// this many, so sled handles one value per block instead of one per exchange.
+const BLOCK_MAX: usize = 256;
 const MAX_TASK_ID: usize = 200;
 /// How long to wait for sled to release its file after a store of this process closed.
 const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -104,7 +109,8 @@ pub struct Store {
     exchanges: sled::Tree,
     origins: sled::Tree,
     topology: sled::Tree,
-    usage_lock: Mutex<()>,
+    /// Next exchange id; also guards the read-modify-write of task usage in appends.
+    next_id: Mutex<u64>,
     // Last: released after sled is closed.
     _lock: LockFile,
 }
@@ -268,7 +274,7 @@ impl Store {
             }
         };
         let tree = |name: &'static str| db.open_tree(name).map_err(StoreError::sled("open tree"));
-        let store = Self {
+        let mut store = Self {
             meta: tree("meta")?,
             tasks: tree("tasks")?,
             exchanges: tree("exchanges")?,
@@ -276,11 +282,21 @@ impl Store {
             topology: tree("topology")?,
             db,
             dir,
-            usage_lock: Mutex::new(()),
+            next_id: Mutex::new(1),
             _lock: lock,
         };
         store.check_format()?;
         store.recover_pending()?;
+        let next = store
+            .exchanges
+            .get(NEXT_ID_KEY)
+            .map_err(StoreError::sled("read next id"))?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(1);
+        *store
+            .next_id
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = next.max(1);
         tracing::debug!(dir = %store.dir.display(), "Store opened.");
         Ok(store)
     }
@@ -488,9 +504,9 @@ impl Store {
 
     // ---- exchanges ----
 
-    /// Appends exchanges to a task in one atomic batch; returns their ids (monotonic, in the
-    /// order given). The task record need not exist yet. Reading the task back gives them
-    /// in this order after those appended before.
+    /// Appends exchanges to a task in one atomic batch; returns their ids (monotonic and
+    /// consecutive, in the order given). The task record need not exist yet. Reading the
+    /// task back gives them in this order after those appended before.
     ///
     /// # Errors
     /// Invalid task id, or sled fails.
@@ -499,77 +515,107 @@ impl Store {
         task_id: &str,
         exchanges: &[Exchange],
     ) -> Result<Vec<ExchangeId>, StoreError> {
-        let mut lines = Vec::with_capacity(exchanges.len());
-        for x in exchanges {
-            lines.push(codec::encode("exchange", x)?);
+        let mut blocks = Vec::with_capacity(exchanges.len().div_ceil(BLOCK_MAX));
+        for chunk in exchanges.chunks(BLOCK_MAX) {
+            let mut block = Vec::with_capacity(chunk.len() * 700 + 1);
+            block.push(VALUE_VERSION);
+            for (i, x) in chunk.iter().enumerate() {
+                if i > 0 {
+                    block.push(b'\n');
+                }
+                serde_json::to_writer(&mut block, x).map_err(|source| StoreError::Encode {
+                    what: "exchange",
+                    source,
+                })?;
+            }
+            blocks.push((block, chunk.len() as u64));
         }
-        self.append_encoded(task_id, lines)
+        self.append_blocks(task_id, blocks)
     }
 
-    /// Appends values already encoded by `codec::encode`.
-    fn append_encoded(
+    /// Appends blocks (version byte, then `count` exchange JSON lines joined by `\n`) in one
+    /// sled batch. Ids of a block are consecutive from the block's first id.
+    fn append_blocks(
         &self,
         task_id: &str,
-        values: Vec<Vec<u8>>,
+        blocks: Vec<(Vec<u8>, u64)>,
     ) -> Result<Vec<ExchangeId>, StoreError> {
         check_task_id(task_id)?;
-        if values.is_empty() {
+        if blocks.is_empty() {
             return Ok(Vec::new());
         }
         let prefix = exchange_prefix(task_id);
         let mut batch = sled::Batch::default();
-        let mut ids = Vec::with_capacity(values.len());
-        let mut added = TaskUsage::default();
-        for v in values {
-            let id = self
-                .db
-                .generate_id()
-                .map_err(StoreError::sled("generate id"))?;
-            let mut key = Vec::with_capacity(prefix.len() + 8);
-            key.extend_from_slice(&prefix);
-            key.extend_from_slice(&id.to_be_bytes());
-            added.exchanges += 1;
-            added.bytes += v.len() as u64;
-            batch.insert(&index_key(id), task_id.as_bytes());
-            batch.insert(key, v);
-            ids.push(ExchangeId(id));
-        }
-        let _guard = self
-            .usage_lock
+        let mut ids = Vec::new();
+        let mut next = self
+            .next_id
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut usage = self.task_usage(task_id)?;
-        usage.exchanges += added.exchanges;
-        usage.bytes += added.bytes;
+        let mut id = *next;
+        for (block, count) in blocks {
+            let mut key = Vec::with_capacity(prefix.len() + 8);
+            key.extend_from_slice(&prefix);
+            key.extend_from_slice(&id.to_be_bytes());
+            let count32 = u32::try_from(count).unwrap_or(u32::MAX);
+            let mut index = Vec::with_capacity(4 + task_id.len());
+            index.extend_from_slice(&count32.to_be_bytes());
+            index.extend_from_slice(task_id.as_bytes());
+            usage.exchanges += count;
+            usage.bytes += block.len() as u64;
+            batch.insert(&index_key(id), index);
+            batch.insert(key, block);
+            ids.extend((id..id + count).map(ExchangeId));
+            id += count;
+        }
         batch.insert(usage_key(task_id), &encode_usage(usage));
+        batch.insert(NEXT_ID_KEY, &id.to_be_bytes());
         self.exchanges
             .apply_batch(batch)
             .map_err(StoreError::sled("append exchanges"))?;
+        *next = id;
         Ok(ids)
     }
 
-    /// A task's exchanges in recorded order, streamed.
+    /// A task's exchanges in recorded order, streamed (one stored block of at most
+    /// `BLOCK_MAX` exchanges in memory at a time).
     pub fn exchanges(
         &self,
         task_id: &str,
     ) -> impl Iterator<Item = Result<(ExchangeId, Exchange), StoreError>> + Send + 'static {
-        self.exchanges_raw(task_id).map(|item| {
-            let (id, v) = item?;
-            let x = codec::decode(&format!("exchange {id}"), &v)?;
-            Ok((id, x))
+        self.blocks(task_id).flat_map(|item| {
+            let decoded: Vec<Result<(ExchangeId, Exchange), StoreError>> = match item {
+                Err(e) => vec![Err(e)],
+                Ok((first, block)) => match codec::body("exchange block", &block) {
+                    Err(e) => vec![Err(e)],
+                    Ok(body) => body
+                        .split(|&b| b == b'\n')
+                        .zip(first..)
+                        .map(|(line, id)| {
+                            serde_json::from_slice(line)
+                                .map(|x| (ExchangeId(id), x))
+                                .map_err(|e| StoreError::Corrupt {
+                                    what: format!("exchange {id}"),
+                                    detail: e.to_string(),
+                                })
+                        })
+                        .collect(),
+                },
+            };
+            decoded
         })
     }
 
-    /// A task's exchanges as stored values (version byte + canonical JSON).
-    pub(crate) fn exchanges_raw(
+    /// A task's stored blocks: (first exchange id, value).
+    fn blocks(
         &self,
         task_id: &str,
-    ) -> impl Iterator<Item = Result<(ExchangeId, sled::IVec), StoreError>> + Send + 'static {
+    ) -> impl Iterator<Item = Result<(u64, sled::IVec), StoreError>> + Send + 'static {
         self.exchanges
             .scan_prefix(exchange_prefix(task_id))
             .map(|item| {
                 let (k, v) = item.map_err(StoreError::sled("scan exchanges"))?;
-                Ok((ExchangeId(id_from_key(&k)?), v))
+                Ok((id_from_key(&k)?, v))
             })
     }
 
@@ -579,20 +625,39 @@ impl Store {
     /// [`StoreError::NoExchange`] when there is none; sled or decoding errors.
     pub fn exchange(&self, id: ExchangeId) -> Result<(TaskId, Exchange), StoreError> {
         let missing = || StoreError::NoExchange { id: id.0 };
-        let task = self
+        // The block holding `id` is the one with the greatest first id <= id.
+        let (k, v) = self
             .exchanges
-            .get(index_key(id.0))
+            .range(..=index_key(id.0))
+            .next_back()
+            .transpose()
             .map_err(StoreError::sled("read exchange index"))?
             .ok_or_else(missing)?;
-        let task = String::from_utf8_lossy(&task).into_owned();
+        if k.len() != 9 || k[0] != TAG_INDEX || v.len() < 4 {
+            return Err(missing());
+        }
+        let first = id_from_key(&k)?;
+        let count = u64::from(u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+        if id.0 >= first + count {
+            return Err(missing());
+        }
+        let task = String::from_utf8_lossy(&v[4..]).into_owned();
         let mut key = exchange_prefix(&task);
-        key.extend_from_slice(&id.0.to_be_bytes());
-        let v = self
+        key.extend_from_slice(&first.to_be_bytes());
+        let block = self
             .exchanges
             .get(key)
             .map_err(StoreError::sled("read exchange"))?
             .ok_or_else(missing)?;
-        Ok((task, codec::decode(&format!("exchange {id}"), &v)?))
+        let line = codec::body("exchange block", &block)?
+            .split(|&b| b == b'\n')
+            .nth(usize::try_from(id.0 - first).unwrap_or(usize::MAX))
+            .ok_or_else(missing)?;
+        let x = serde_json::from_slice(line).map_err(|e| StoreError::Corrupt {
+            what: format!("exchange {id}"),
+            detail: e.to_string(),
+        })?;
+        Ok((task, x))
     }
 
     // ---- topology ----
@@ -700,14 +765,11 @@ impl Store {
         let wrap = |e: StoreError| crate::BundleError::Store(Box::new(e));
         let header = self.export_header(id).map_err(wrap)?;
         let mut w = crate::BundleWriter::create(path, &header)?;
-        for item in self.exchanges_raw(id) {
-            let (xid, v) = item.map_err(wrap)?;
-            if v.first() == Some(&VALUE_VERSION) {
-                w.write_json_line(&v[1..])?;
-            } else {
-                let x: Exchange = codec::decode(&format!("exchange {xid}"), &v).map_err(wrap)?;
-                w.write(&x)?;
-            }
+        for item in self.blocks(id) {
+            let (_, block) = item.map_err(wrap)?;
+            let body = codec::body("exchange block", &block).map_err(wrap)?;
+            let lines = body.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+            w.write_json_lines(body, lines)?;
         }
         w.finish()
     }
@@ -782,19 +844,35 @@ impl Store {
         task_id: &str,
         reader: &mut crate::BundleReader,
     ) -> Result<u64, ImportFailure> {
-        const BATCH: usize = 4096;
-        let mut values = Vec::with_capacity(BATCH);
+        // Blocks per sled batch while importing.
+        const BLOCKS_PER_BATCH: usize = 8;
+        let mut blocks = Vec::with_capacity(BLOCKS_PER_BATCH);
+        let mut block = vec![VALUE_VERSION];
+        let mut in_block = 0u64;
         let mut count = 0u64;
+        // Lines are stored as read (they parse as exchanges), so a re-export gives the
+        // bundle's own bytes back.
         while let Some(item) = reader.next_raw() {
-            let (_line, x) = item.map_err(ImportFailure::Bundle)?;
-            values.push(codec::encode("exchange", &x).map_err(ImportFailure::Store)?);
+            let (line, _exchange) = item.map_err(ImportFailure::Bundle)?;
+            if in_block > 0 {
+                block.push(b'\n');
+            }
+            block.extend_from_slice(line);
+            in_block += 1;
             count += 1;
-            if values.len() == BATCH {
-                self.append_encoded(task_id, std::mem::take(&mut values))
-                    .map_err(ImportFailure::Store)?;
+            if in_block == BLOCK_MAX as u64 {
+                blocks.push((std::mem::replace(&mut block, vec![VALUE_VERSION]), in_block));
+                in_block = 0;
+                if blocks.len() == BLOCKS_PER_BATCH {
+                    self.append_blocks(task_id, std::mem::take(&mut blocks))
+                        .map_err(ImportFailure::Store)?;
+                }
             }
         }
-        self.append_encoded(task_id, values)
+        if in_block > 0 {
+            blocks.push((block, in_block));
+        }
+        self.append_blocks(task_id, blocks)
             .map_err(ImportFailure::Store)?;
         Ok(count)
     }

@@ -135,7 +135,10 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 /// Every bad input: (file, expected line, check of the variant).
-fn cases(b: &Bad) -> Vec<(PathBuf, Option<u64>, fn(&BundleError) -> bool)> {
+/// A bad file, the line its error must name, and a check of the error variant.
+type Case = (PathBuf, Option<u64>, fn(&BundleError) -> bool);
+
+fn cases(b: &Bad) -> Vec<Case> {
     let lines: Vec<&[u8]> = b.good.split(|&c| c == b'\n').collect();
     let first_n = |n: usize| {
         let mut v = lines[..n].join(&b'\n');

@@ -376,7 +376,7 @@ fn writer_killed_mid_batch_loses_only_unflushed() {
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let mut flushed = 0u64;
         // Wait for a few flushes (more each round), then kill without warning.
-        while let Some(line) = lines.next() {
+        for line in lines.by_ref() {
             let line = line.unwrap();
             if let Some(n) = line.strip_prefix("flushed ") {
                 flushed = n.trim().parse().unwrap();
