@@ -294,3 +294,26 @@ fn garbage_never_panics() {
         d.drain(&mut out);
     }
 }
+
+#[test]
+fn rows_past_max_body_are_dropped_and_flagged() {
+    // Guards bounded memory: with a 64-byte cap the 2-row SELECT keeps what fits and is
+    // flagged, and the session goes on decoding in step.
+    let config = DecoderConfig {
+        max_body: 64,
+        ..DecoderConfig::default()
+    };
+    let path = common::fixture("mysql", "queries");
+    let ex = common::assert_split_invariant_with(Protocol::Mysql, config, &path);
+    let sel = ex
+        .iter()
+        .find(|e| e.interface() == "SELECT users")
+        .expect("SELECT users");
+    assert!(sel.flags.truncated);
+    assert!(matches!(resp(sel), MysqlResponse::ResultSets { sets } if sets[0].rows.len() < 2));
+    let last = ex.last().expect("exchanges");
+    assert_eq!(last.interface(), "QUIT");
+    assert!(ex
+        .iter()
+        .any(|e| e.interface() == "INIT_DB" && e.flags.is_clean()));
+}
