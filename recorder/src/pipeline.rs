@@ -115,6 +115,9 @@ struct Conn {
     decoding: Decoding,
     meta: Option<ConnectionMeta>,
     edge: Option<EdgeKey>,
+    /// Detected protocol (the edge is assigned at the first exchange, when both ends of a
+    /// loopback connection are known: a MySQL server speaks before its client is seen).
+    protocol: Option<Protocol>,
     pending_sent: u64,
     pending_received: u64,
     loss: Loss,
@@ -330,6 +333,7 @@ impl Pipeline {
                 },
                 meta: None,
                 edge: None,
+                protocol: None,
                 pending_sent: 0,
                 pending_received: 0,
                 loss: Loss::None,
@@ -395,7 +399,8 @@ impl Pipeline {
         }
         self.drain(&mut c, ts_ns);
         if c.edge.is_none() {
-            self.assign_edge(&mut c, None, ts_ns);
+            let p = c.protocol;
+            self.assign_edge(&mut c, p, ts_ns);
         }
     }
 
@@ -501,7 +506,7 @@ impl Pipeline {
             }
         }
         c.decoding = Decoding::Active(d);
-        self.assign_edge(c, Some(protocol), ts_ns);
+        c.protocol = Some(protocol);
     }
 
     /// Names both ends and puts the connection on its topology edge.
@@ -580,6 +585,10 @@ impl Pipeline {
         d.drain(&mut self.scratch);
         if self.scratch.is_empty() {
             return;
+        }
+        if c.edge.is_none() {
+            let p = c.protocol;
+            self.assign_edge(c, p, ts_ns);
         }
         let (Some(meta), Some(edge)) = (&c.meta, &c.edge) else {
             return;

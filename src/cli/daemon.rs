@@ -85,7 +85,7 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             .await?;
         } else {
             let capture = Capture::start(CaptureConfig::default())
-                .context("cannot start the eBPF capture (root is needed)")?;
+                .context("cannot start the eBPF capture")?;
             run_daemon(
                 store,
                 &config.services,

@@ -47,7 +47,7 @@ pub(crate) fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     let (task, mut sink) = rt.block_on(async {
         let capture = Capture::start(CaptureConfig::default())
-            .context("cannot start the eBPF capture (root is needed)")?;
+            .context("cannot start the eBPF capture")?;
         let sink = BundleSink::create(output.clone(), &header)?;
         eprintln!("Recording into {} (Ctrl-C stops).", output.display());
         let (task, sink, _stats) =
