@@ -403,11 +403,13 @@ impl HttpDecoder {
     }
 
     fn parse_head(&mut self, kind: Kind, start_ts: u64, ts: u64, bytes: &[u8]) {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        // Uninitialised slots: httparse writes the ones it uses (saves a 4 KiB memset).
+        let mut headers =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let parsed = match kind {
             Kind::Request => {
-                let mut r = httparse::Request::new(&mut headers);
-                match r.parse(bytes) {
+                let mut r = httparse::Request::new(&mut []);
+                match r.parse_with_uninit_headers(bytes, &mut headers) {
                     Ok(httparse::Status::Complete(_)) => Some(Head::Request(HttpRequest {
                         method: r.method.unwrap_or_default().to_owned(),
                         target: r.path.unwrap_or_default().to_owned(),
@@ -419,8 +421,12 @@ impl HttpDecoder {
                 }
             }
             Kind::Response => {
-                let mut r = httparse::Response::new(&mut headers);
-                match r.parse(bytes) {
+                let mut r = httparse::Response::new(&mut []);
+                match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                    &mut r,
+                    bytes,
+                    &mut headers,
+                ) {
                     Ok(httparse::Status::Complete(_)) => Some(Head::Response(HttpResponse {
                         version: version(r.version),
                         status: r.code.unwrap_or_default(),
