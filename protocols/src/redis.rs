@@ -236,6 +236,8 @@ impl RedisDecoder {
             }
             None => {
                 flags.unpaired = true;
+                // Most likely the reply of a command the capture lost.
+                flags.gap |= self.req.mark.gap;
                 let timing = Timing {
                     request_start_ns: start,
                     request_end_ns: start,
