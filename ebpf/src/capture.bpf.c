@@ -148,8 +148,10 @@ struct {
 	__type(value, struct dt_data_event);
 } scratch SEC(".maps");
 
+/* Plain (preallocated) hash: cheaper than LRU for the update/delete every hooked syscall
+ * pays; sys_exit always deletes the entry. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64);
 	__type(value, struct active);
@@ -198,6 +200,19 @@ struct {
 	__type(key, __u16);
 	__type(value, __u8);
 } filter_ports SEC(".maps");
+
+/*
+ * Wake-up batching: waking the reader for every event costs a context switch per syscall.
+ * Events are submitted without a wake-up until DT_WAKE_BYTES are waiting; user space also
+ * drains the ring on a short timer (see recorder/src/capture/load.rs, DRAIN_EVERY).
+ */
+#define DT_WAKE_BYTES (64 * 1024)
+
+static __always_inline __u64 wake_flags(void)
+{
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= DT_WAKE_BYTES ? BPF_RB_FORCE_WAKEUP
+									      : BPF_RB_NO_WAKEUP;
+}
 
 static __always_inline void count(__u32 slot, __u64 n)
 {
@@ -283,7 +298,7 @@ static __always_inline void emit_gap(__u64 conn_id, __u32 tgid, __u8 dir, __u64 
 	e->dir = dir;
 	e->reason = reason;
 	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wake_flags());
 	count(DT_ST_EVENTS, 1);
 }
 
@@ -300,7 +315,7 @@ static __always_inline void emit_close(struct conn *c, __u32 tgid)
 	e->hdr.ts_ns = bpf_ktime_get_ns();
 	e->sent = c->pos[DT_DIR_SEND];
 	e->received = c->pos[DT_DIR_RECV];
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wake_flags());
 	count(DT_ST_EVENTS, 1);
 }
 
@@ -330,7 +345,7 @@ static __always_inline void emit_open(struct conn *c, struct sock *sk, __u32 tgi
 		BPF_CORE_READ_INTO((__u32 *)&e->raddr, sk, __sk_common.skc_daddr);
 	}
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wake_flags());
 	count(DT_ST_EVENTS, 1);
 	c->announced = 1;
 }
@@ -411,7 +426,8 @@ __noinline int dt_emit_chunk(__u64 conn_id, __u64 meta, __u64 pos, __u64 src, __
 		emit_gap(conn_id, tgid, dir, pos, n, DT_GAP_READ_FAILED);
 		return -1;
 	}
-	if (bpf_ringbuf_output(&events, e, offsetof(struct dt_data_event, data) + n, 0)) {
+	if (bpf_ringbuf_output(&events, e, offsetof(struct dt_data_event, data) + n,
+			       wake_flags())) {
 		count(DT_ST_RB_FULL_EVENTS, 1);
 		count(DT_ST_RB_FULL_BYTES, n);
 		emit_gap(conn_id, tgid, dir, pos, n, DT_GAP_RINGBUF_FULL);

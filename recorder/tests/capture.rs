@@ -31,11 +31,17 @@ macro_rules! require_root {
 // ---------------------------------------------------------------- the child side
 
 fn pattern(seed: usize, len: usize) -> Vec<u8> {
-    (0..len).map(|i| u8::try_from((i * 7 + seed * 13) % 251).unwrap_or(0)).collect()
+    (0..len)
+        .map(|i| u8::try_from((i * 7 + seed * 13) % 251).unwrap_or(0))
+        .collect()
 }
 
 fn check(rc: isize, what: &str) -> usize {
-    assert!(rc >= 0, "{what} failed: {}", std::io::Error::last_os_error());
+    assert!(
+        rc >= 0,
+        "{what} failed: {}",
+        std::io::Error::last_os_error()
+    );
     usize::try_from(rc).unwrap_or(0)
 }
 
@@ -45,14 +51,26 @@ fn send_some(fd: i32, buf: &[u8], how: &str) -> usize {
     unsafe {
         match how {
             "write" => check(libc::write(fd, p, buf.len()), "write"),
-            "sendto" => check(libc::sendto(fd, p, buf.len(), 0, std::ptr::null(), 0), "sendto"),
+            "sendto" => check(
+                libc::sendto(fd, p, buf.len(), 0, std::ptr::null(), 0),
+                "sendto",
+            ),
             "writev" | "sendmsg" => {
                 let a = buf.len() / 3;
                 let b = buf.len() / 2;
                 let mut iov = [
-                    libc::iovec { iov_base: p.cast_mut(), iov_len: a },
-                    libc::iovec { iov_base: p.add(a).cast_mut(), iov_len: b - a },
-                    libc::iovec { iov_base: p.add(b).cast_mut(), iov_len: buf.len() - b },
+                    libc::iovec {
+                        iov_base: p.cast_mut(),
+                        iov_len: a,
+                    },
+                    libc::iovec {
+                        iov_base: p.add(a).cast_mut(),
+                        iov_len: b - a,
+                    },
+                    libc::iovec {
+                        iov_base: p.add(b).cast_mut(),
+                        iov_len: buf.len() - b,
+                    },
                 ];
                 if how == "writev" {
                     check(libc::writev(fd, iov.as_ptr(), 3), "writev")
@@ -75,14 +93,27 @@ fn recv_some(fd: i32, buf: &mut [u8], how: &str) -> usize {
         match how {
             "read" => check(libc::read(fd, p, buf.len()), "read"),
             "recvfrom" => check(
-                libc::recvfrom(fd, p, buf.len(), 0, std::ptr::null_mut(), std::ptr::null_mut()),
+                libc::recvfrom(
+                    fd,
+                    p,
+                    buf.len(),
+                    0,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                ),
                 "recvfrom",
             ),
             "readv" | "recvmsg" => {
                 let a = buf.len() / 2;
                 let mut iov = [
-                    libc::iovec { iov_base: p, iov_len: a },
-                    libc::iovec { iov_base: p.add(a), iov_len: buf.len() - a },
+                    libc::iovec {
+                        iov_base: p,
+                        iov_len: a,
+                    },
+                    libc::iovec {
+                        iov_base: p.add(a),
+                        iov_len: buf.len() - a,
+                    },
                 ];
                 if how == "readv" {
                     check(libc::readv(fd, iov.as_ptr(), 2), "readv")
@@ -127,7 +158,10 @@ fn recv_exact(fd: i32, n: usize, how: &str) -> Vec<u8> {
 }
 
 fn env_usize(k: &str, default: usize) -> usize {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Not a test of its own: the traffic generator the other tests run as a child process.
@@ -137,7 +171,10 @@ fn child_traffic_helper() {
         return;
     }
     if std::env::var("DT_NONROOT").is_ok() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         let r = rt.block_on(async { Capture::start(CaptureConfig::default()) });
         match r {
             Err(e @ CaptureError::NotPermitted { .. }) => println!("nonroot-ok: {e}"),
@@ -153,9 +190,16 @@ fn child_traffic_helper() {
     let reply = env_usize("DT_REPLY", 500);
     let rounds = env_usize("DT_ROUNDS", 1);
     let listeners = env_usize("DT_LISTENERS", 1);
-    let bind: SocketAddr = if v6 { "[::1]:0" } else { "127.0.0.1:0" }.parse().expect("addr");
-    let ls: Vec<TcpListener> = (0..listeners).map(|_| TcpListener::bind(bind).expect("bind")).collect();
-    let ports: Vec<String> = ls.iter().map(|l| l.local_addr().expect("addr").port().to_string()).collect();
+    let bind: SocketAddr = if v6 { "[::1]:0" } else { "127.0.0.1:0" }
+        .parse()
+        .expect("addr");
+    let ls: Vec<TcpListener> = (0..listeners)
+        .map(|_| TcpListener::bind(bind).expect("bind"))
+        .collect();
+    let ports: Vec<String> = ls
+        .iter()
+        .map(|l| l.local_addr().expect("addr").port().to_string())
+        .collect();
     println!("ready {}", ports.join(" "));
     std::io::stdout().flush().expect("flush");
     let mut line = String::new();
@@ -172,11 +216,23 @@ fn child_traffic_helper() {
                 sent.extend_from_slice(&msg);
             }
             let got = recv_exact(s, sent.len(), recv);
-            assert!(got == sent, "server received other bytes than the client sent");
+            assert!(
+                got == sent,
+                "server received other bytes than the client sent"
+            );
             let answer = pattern(round * 1000 + 999, reply);
             send_all(s, &answer, &send);
             let back = recv_exact(c, reply, recv);
-            assert!(back == answer, "client received other bytes than the server sent");
+            assert!(
+                back == answer,
+                "client received other bytes than the server sent"
+            );
+            if std::env::var("DT_EXIT_WITHOUT_CLOSE").is_ok() {
+                println!("done");
+                std::io::stdout().flush().expect("flush");
+                // SAFETY: ends the process at once; the kernel closes the fds, no close().
+                unsafe { libc::_exit(0) };
+            }
             drop(client);
             drop(server);
         }
@@ -200,13 +256,20 @@ struct Run {
     child_pid: u32,
 }
 
-fn spawn_child(envs: &[(&str, String)]) -> (Child, ChildStdin, BufReader<std::process::ChildStdout>) {
+fn spawn_child(
+    envs: &[(&str, String)],
+) -> (Child, ChildStdin, BufReader<std::process::ChildStdout>) {
     let exe = std::env::current_exe().expect("current exe");
     let mut cmd = Command::new(exe);
-    cmd.args(["child_traffic_helper", "--exact", "--nocapture", "--test-threads=1"])
-        .env("DT_CHILD", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
+    cmd.args([
+        "child_traffic_helper",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("DT_CHILD", "1")
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped());
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -217,19 +280,30 @@ fn spawn_child(envs: &[(&str, String)]) -> (Child, ChildStdin, BufReader<std::pr
 }
 
 /// Runs the child with `envs`, capturing only its traffic (and only `port_filter(ports)`).
-async fn capture_child(envs: &[(&str, String)], max_bytes: u32, port_filter: fn(&[u16]) -> Vec<u16>) -> Run {
+async fn capture_child(
+    envs: &[(&str, String)],
+    max_bytes: u32,
+    port_filter: fn(&[u16]) -> Vec<u16>,
+) -> Run {
     let (mut child, mut stdin, mut stdout) = spawn_child(envs);
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(stdout.read_line(&mut line).expect("read child") > 0, "child exited before ready");
+        assert!(
+            stdout.read_line(&mut line).expect("read child") > 0,
+            "child exited before ready"
+        );
         // The harness may print "test child_traffic_helper ... " before it on the same line.
         if let Some(i) = line.find("ready ") {
             line.drain(..i);
             break;
         }
     }
-    let ports: Vec<u16> = line.split_whitespace().skip(1).map(|p| p.parse().expect("port")).collect();
+    let ports: Vec<u16> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|p| p.parse().expect("port"))
+        .collect();
     let child_pid = child.id();
     let config = CaptureConfig {
         max_bytes_per_syscall: max_bytes,
@@ -261,36 +335,71 @@ async fn capture_child(envs: &[(&str, String)], max_bytes: u32, port_filter: fn(
         }
         if let Some(t) = exited_at {
             let all_closed = conns.values().all(|c| c.closed);
-            if (all_closed && t.elapsed() > Duration::from_millis(300)) || t.elapsed() > Duration::from_secs(3) {
+            if (all_closed && t.elapsed() > Duration::from_millis(300))
+                || t.elapsed() > Duration::from_secs(3)
+            {
                 break;
             }
         }
-        let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(100), cap.next_event()).await else {
+        let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(100), cap.next_event()).await
+        else {
             continue;
         };
         match ev {
             StreamEvent::Opened(info) => {
-                conns.insert(info.id, Seen { info, request: Vec::new(), response: Vec::new(), gaps: 0, closed: false });
+                conns.insert(
+                    info.id,
+                    Seen {
+                        info,
+                        request: Vec::new(),
+                        response: Vec::new(),
+                        gaps: 0,
+                        closed: false,
+                    },
+                );
             }
-            StreamEvent::Data { conn, dir, bytes, .. } => {
+            StreamEvent::Data {
+                conn, dir, bytes, ..
+            } => {
                 let c = conns.get_mut(&conn).expect("data for an opened connection");
                 match dir {
                     Direction::Request => c.request.extend_from_slice(&bytes),
                     Direction::Response => c.response.extend_from_slice(&bytes),
                 }
             }
-            StreamEvent::Gap { conn, len, .. } => conns.get_mut(&conn).expect("gap for an opened connection").gaps += len,
-            StreamEvent::Closed { conn, .. } => conns.get_mut(&conn).expect("close of an opened connection").closed = true,
+            StreamEvent::Gap { conn, len, .. } => {
+                conns
+                    .get_mut(&conn)
+                    .expect("gap for an opened connection")
+                    .gaps += len
+            }
+            StreamEvent::Closed { conn, .. } => {
+                conns
+                    .get_mut(&conn)
+                    .expect("close of an opened connection")
+                    .closed = true
+            }
         }
     }
     let status = child.wait().expect("wait child");
     let out = done.join().expect("stdout thread");
-    assert!(status.success() && out.contains("done"), "child failed: {status} {out}");
+    assert!(
+        status.success() && out.contains("done"),
+        "child failed: {status} {out}"
+    );
     let stats = cap.stats();
-    assert_eq!(stats.kernel.lost_bytes(), 0, "kernel counted losses: {stats:?}");
+    assert_eq!(
+        stats.kernel.lost_bytes(),
+        0,
+        "kernel counted losses: {stats:?}"
+    );
     let mut conns: Vec<Seen> = conns.into_values().collect();
     conns.sort_by_key(|c| c.info.id);
-    Run { conns, ports, child_pid }
+    Run {
+        conns,
+        ports,
+        child_pid,
+    }
 }
 
 fn no_filter(_: &[u16]) -> Vec<u16> {
@@ -300,30 +409,57 @@ fn no_filter(_: &[u16]) -> Vec<u16> {
 /// Checks one client and one server connection per round and listener, each carrying exactly
 /// the bytes the child sent, in order, with no gap, and closed.
 fn assert_exact(run: &Run, size: usize, count: usize, reply: usize, rounds: usize) {
-    assert_eq!(run.conns.len(), 2 * rounds, "connections seen: {:?}", run.conns.iter().map(|c| &c.info).collect::<Vec<_>>());
+    assert_eq!(
+        run.conns.len(),
+        2 * rounds,
+        "connections seen: {:?}",
+        run.conns.iter().map(|c| &c.info).collect::<Vec<_>>()
+    );
     for c in &run.conns {
         assert_eq!(c.info.pid, run.child_pid);
-        assert!(run.ports.contains(&c.info.local.port()) || run.ports.contains(&c.info.remote.port()));
+        assert!(
+            run.ports.contains(&c.info.local.port()) || run.ports.contains(&c.info.remote.port())
+        );
         // Which round: the client's messages carry the round in their pattern seed.
         let round = (0..rounds)
-            .find(|r| c.request.starts_with(&pattern(r * 1000, size.min(64))[..size.min(64)]))
+            .find(|r| {
+                c.request
+                    .starts_with(&pattern(r * 1000, size.min(64))[..size.min(64)])
+            })
             .expect("request bytes match a round");
         let mut want = Vec::new();
         for i in 0..count {
             want.extend_from_slice(&pattern(round * 1000 + i, size));
         }
         assert_eq!(c.gaps, 0, "gaps on {:?}", c.info);
-        assert_eq!(c.request.len(), want.len(), "request length on {:?}", c.info);
+        assert_eq!(
+            c.request.len(),
+            want.len(),
+            "request length on {:?}",
+            c.info
+        );
         assert!(c.request == want, "request bytes differ on {:?}", c.info);
-        assert!(c.response == pattern(round * 1000 + 999, reply), "response bytes differ on {:?}", c.info);
+        assert!(
+            c.response == pattern(round * 1000 + 999, reply),
+            "response bytes differ on {:?}",
+            c.info
+        );
         assert!(c.closed, "not reported closed: {:?}", c.info);
     }
-    let clients = run.conns.iter().filter(|c| c.info.role == Role::Client).count();
+    let clients = run
+        .conns
+        .iter()
+        .filter(|c| c.info.role == Role::Client)
+        .count();
     assert_eq!(clients, rounds, "one client side per connection");
 }
 
 async fn syscall_case(send: &str) {
-    let envs = [("DT_SEND", send.to_string()), ("DT_SIZE", "3000".into()), ("DT_COUNT", "5".into())];
+    let envs = [
+        ("DT_SEND", send.to_string()),
+        ("DT_SIZE", "3000".into()),
+        ("DT_COUNT", "5".into()),
+    ];
     let run = capture_child(&envs, 256 * 1024, no_filter).await;
     assert_exact(&run, 3000, 5, 500, 1);
 }
@@ -355,7 +491,10 @@ async fn sendmsg_and_recvmsg_are_captured_exactly() {
 #[tokio::test]
 async fn one_mebibyte_write_is_chunked_without_gap_under_the_cap() {
     require_root!();
-    let envs = [("DT_SIZE", (1 << 20).to_string()), ("DT_REPLY", "100000".into())];
+    let envs = [
+        ("DT_SIZE", (1 << 20).to_string()),
+        ("DT_REPLY", "100000".into()),
+    ];
     let run = capture_child(&envs, 1 << 20, no_filter).await;
     assert_exact(&run, 1 << 20, 1, 100_000, 1);
 }
@@ -375,7 +514,11 @@ async fn ipv6_is_captured() {
     let run = capture_child(&envs, 256 * 1024, no_filter).await;
     assert_exact(&run, 1000, 1, 500, 1);
     for c in &run.conns {
-        assert!(c.info.local.is_ipv6() && c.info.local.ip().is_loopback(), "{:?}", c.info);
+        assert!(
+            c.info.local.is_ipv6() && c.info.local.ip().is_loopback(),
+            "{:?}",
+            c.info
+        );
     }
 }
 
@@ -401,10 +544,27 @@ async fn a_port_filter_keeps_other_ports_out() {
     let envs = [("DT_LISTENERS", "2".into())];
     let run = capture_child(&envs, 256 * 1024, |ports| vec![ports[0]]).await;
     let kept = run.ports[0];
-    assert_eq!(run.conns.len(), 2, "only the two ends of the filtered port's connection");
+    assert_eq!(
+        run.conns.len(),
+        2,
+        "only the two ends of the filtered port's connection"
+    );
     for c in &run.conns {
-        assert!(c.info.local.port() == kept || c.info.remote.port() == kept, "{:?}", c.info);
+        assert!(
+            c.info.local.port() == kept || c.info.remote.port() == kept,
+            "{:?}",
+            c.info
+        );
     }
+}
+
+#[tokio::test]
+async fn a_process_that_exits_without_close_is_reported_closed() {
+    require_root!();
+    let envs = [("DT_EXIT_WITHOUT_CLOSE", "1".into())];
+    let run = capture_child(&envs, 256 * 1024, no_filter).await;
+    // assert_exact checks that both ends are reported closed.
+    assert_exact(&run, 1000, 1, 500, 1);
 }
 
 #[test]
@@ -418,12 +578,24 @@ fn a_non_root_run_fails_with_a_clear_error() {
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(exe)
-        .args(["child_traffic_helper", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "child_traffic_helper",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("DT_CHILD", "1")
         .env("DT_NONROOT", "1")
         .output()
         .expect("run as nobody");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("nonroot-ok"), "unexpected: {text} {}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("needs root"), "the message says what is needed: {text}");
+    assert!(
+        text.contains("nonroot-ok"),
+        "unexpected: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("needs root"),
+        "the message says what is needed: {text}"
+    );
 }

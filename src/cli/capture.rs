@@ -37,6 +37,9 @@ pub(crate) struct Args {
     /// Stop after this long (e.g. 10s, 5m); default: until Ctrl-C.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     duration: Option<u64>,
+    /// Print only the final counts, no events (for benchmarks and host checks).
+    #[arg(long)]
+    summary: bool,
     /// Payload bytes shown per data event in text mode.
     #[arg(long, value_name = "BYTES", default_value_t = 64)]
     preview: usize,
@@ -58,7 +61,7 @@ async fn sniff(args: Args) -> anyhow::Result<ExitCode> {
         ..CaptureConfig::default()
     };
     let mut capture = Capture::start(config).context("cannot start the eBPF capture")?;
-    if !args.json {
+    if !args.json && !args.summary {
         eprintln!("Capturing TCP traffic (Ctrl-C stops).");
     }
     let stop = async {
@@ -81,6 +84,9 @@ async fn sniff(args: Args) -> anyhow::Result<ExitCode> {
             ev = capture.next_event() => ev,
         };
         let Some(ev) = ev else { break };
+        if args.summary {
+            continue;
+        }
         let mut out = stdout.lock();
         print_event(&mut out, &args, &mut shown, &ev)?;
         out.flush()?;
@@ -147,7 +153,12 @@ fn print_event(
                 )
             }
         }
-        StreamEvent::Data { conn, dir, ts_ns, bytes } => {
+        StreamEvent::Data {
+            conn,
+            dir,
+            ts_ns,
+            bytes,
+        } => {
             if !shown.get(conn).copied().unwrap_or(false) {
                 return Ok(());
             }
@@ -159,10 +170,21 @@ fn print_event(
                 writeln!(out, "{v}")
             } else {
                 let arrow = if *dir == Direction::Request { ">" } else { "<" };
-                writeln!(out, "#{conn} {arrow} {} bytes: {}", bytes.len(), preview(bytes, args.preview))
+                writeln!(
+                    out,
+                    "#{conn} {arrow} {} bytes: {}",
+                    bytes.len(),
+                    preview(bytes, args.preview)
+                )
             }
         }
-        StreamEvent::Gap { conn, dir, ts_ns, len, reason } => {
+        StreamEvent::Gap {
+            conn,
+            dir,
+            ts_ns,
+            len,
+            reason,
+        } => {
             if !shown.get(conn).copied().unwrap_or(false) {
                 return Ok(());
             }
@@ -173,7 +195,11 @@ fn print_event(
                 });
                 writeln!(out, "{v}")
             } else {
-                writeln!(out, "#{conn} gap {} {len} bytes missing ({reason:?})", dir_name(*dir))
+                writeln!(
+                    out,
+                    "#{conn} gap {} {len} bytes missing ({reason:?})",
+                    dir_name(*dir)
+                )
             }
         }
         StreamEvent::Closed { conn, ts_ns } => {
@@ -181,7 +207,11 @@ fn print_event(
                 return Ok(());
             }
             if args.json {
-                writeln!(out, "{}", serde_json::json!({"type": "close", "conn": conn, "ts_ns": ts_ns}))
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"type": "close", "conn": conn, "ts_ns": ts_ns})
+                )
             } else {
                 writeln!(out, "#{conn} close")
             }
@@ -193,7 +223,8 @@ fn print_stats(out: &mut impl std::io::Write, json: bool, s: &CaptureStats) -> s
     let lost = s.kernel.lost_bytes();
     if json {
         let v = serde_json::json!({
-            "type": "stats", "events": s.events, "bytes": s.bytes, "gaps": s.gaps,
+            "type": "stats", "events": s.events, "bytes": s.bytes,
+            "request_bytes": s.request_bytes, "response_bytes": s.response_bytes, "gaps": s.gaps,
             "gap_bytes": s.gap_bytes, "lost_bytes": lost, "connections": s.connections,
             "kernel": s.kernel, "kernel_events": s.kernel_events, "kernel_bytes": s.kernel_bytes,
         });

@@ -227,6 +227,10 @@ impl Table {
             match p {
                 Piece::Data { ts_ns, bytes } => {
                     stats.bytes += bytes.len() as u64;
+                    match dir {
+                        Direction::Request => stats.request_bytes += bytes.len() as u64,
+                        Direction::Response => stats.response_bytes += bytes.len() as u64,
+                    }
                     out.push(StreamEvent::Data {
                         conn: id,
                         dir,
@@ -273,6 +277,32 @@ impl Table {
                 c.streams[usize::from(d)].skip_hole(GapReason::Timeout, &mut self.pieces);
             }
             self.flush(id, d, stats, out);
+        }
+    }
+
+    /// Closes the connections of processes that no longer exist (a process that exits
+    /// without `close()` gets no close event from the kernel). Call after draining the ring
+    /// buffer: a dead process sends nothing more.
+    pub(crate) fn reap_dead(
+        &mut self,
+        alive: impl Fn(u32) -> bool,
+        stats: &mut CaptureStats,
+        out: &mut Vec<StreamEvent>,
+    ) {
+        let mut dead: Vec<u64> = self
+            .infos
+            .values()
+            .filter(|i| !alive(i.pid))
+            .map(|i| i.id)
+            .collect();
+        dead.sort_unstable();
+        let now = monotonic_ns();
+        for id in dead {
+            let ends = self
+                .conns
+                .get(&id)
+                .map_or([0, 0], |c| [c.streams[0].next_pos(), c.streams[1].next_pos()]);
+            self.close(id, now, ends, stats, out);
         }
     }
 

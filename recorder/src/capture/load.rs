@@ -23,6 +23,11 @@ const FILTER_MAX: usize = 1024;
 /// How long a hole may wait for the bytes before it: concurrent writers on one socket land
 /// in the ring buffer within microseconds of each other.
 const HOLE_WAIT: Duration = Duration::from_millis(200);
+/// The kernel wakes the reader only once 64 KiB are waiting (a wake-up per event would cost
+/// a context switch per captured syscall); below that, the ring is drained on this timer.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
+/// How often connections of exited processes are looked for.
+const REAP_EVERY: Duration = Duration::from_secs(1);
 
 /// A running capture: the loaded programs and the reassembled event stream.
 ///
@@ -36,6 +41,7 @@ pub struct Capture {
     batch: Vec<StreamEvent>,
     stats: CaptureStats,
     config: CaptureConfig,
+    last_reap: std::time::Instant,
 }
 
 impl std::fmt::Debug for Capture {
@@ -222,6 +228,7 @@ impl Capture {
             batch: Vec::new(),
             stats: CaptureStats::default(),
             config,
+            last_reap: std::time::Instant::now(),
         })
     }
 
@@ -232,11 +239,7 @@ impl Capture {
             if let Some(e) = self.try_next_event() {
                 return Some(e);
             }
-            let wait = if self.table.any_held() {
-                HOLE_WAIT / 2
-            } else {
-                Duration::from_secs(3600)
-            };
+            let wait = DRAIN_EVERY;
             match tokio::time::timeout(wait, self.ring.readable_mut()).await {
                 Ok(Ok(mut guard)) => guard.clear_ready(),
                 Ok(Err(e)) => {
@@ -268,6 +271,14 @@ impl Capture {
                 .now_unix()
                 .saturating_sub(u64::try_from(HOLE_WAIT.as_nanos()).unwrap_or(0));
             self.table.expire(limit, &mut self.stats, &mut self.batch);
+        }
+        if self.last_reap.elapsed() >= REAP_EVERY {
+            self.last_reap = std::time::Instant::now();
+            self.table.reap_dead(
+                |pid| Path::new(&format!("/proc/{pid}")).exists(),
+                &mut self.stats,
+                &mut self.batch,
+            );
         }
         self.out.extend(self.batch.drain(..));
     }

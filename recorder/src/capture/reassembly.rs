@@ -52,7 +52,6 @@ pub(crate) struct Stream {
 
 impl Stream {
     /// The position of the next byte expected.
-    #[cfg(test)]
     pub(crate) fn next_pos(&self) -> u64 {
         self.next
     }

@@ -44,6 +44,10 @@ pub struct CaptureStats {
     pub closed: u64,
     /// Payload bytes handed out.
     pub bytes: u64,
+    /// Of those, client → server.
+    pub request_bytes: u64,
+    /// Of those, server → client.
+    pub response_bytes: u64,
     /// Gap events handed out.
     pub gaps: u64,
     /// Bytes covered by those gaps.
