@@ -106,10 +106,16 @@ impl MysqlConn {
         let plugin = hs
             .auth_plugin()
             .map_or(AuthPlugin::MysqlNativePassword, AuthPlugin::into_owned);
-        let schema = target
-            .database
-            .clone()
-            .or_else(|| recorded.and_then(|s| s.schema.clone()));
+        // The URL's database stands for the recorded initial schema; a recorded client that
+        // connected without one (and chose it later with USE) connects without one here too,
+        // so that `SELECT DATABASE()` and unqualified names behave as recorded.
+        let schema = match recorded {
+            Some(s) => s
+                .schema
+                .as_ref()
+                .map(|recorded| target.database.clone().unwrap_or_else(|| recorded.clone())),
+            None => target.database.clone(),
+        };
         let recorded_caps = recorded.map_or(
             CapabilityFlags::CLIENT_LONG_PASSWORD
                 | CapabilityFlags::CLIENT_LONG_FLAG
@@ -303,6 +309,9 @@ impl MysqlConn {
                             &[&[COM_STMT_CLOSE][..], &id.to_le_bytes()].concat(),
                         ))
                         .await?;
+                    // The decoder completes a response-less command at once: drop that
+                    // exchange, or the next command would be paired with it.
+                    self.wire.discard_ready();
                     self.by_sql.retain(|_, v| *v != id);
                 }
                 return Ok(Reply::Response(None));
