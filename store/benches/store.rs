@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use deetune_protocols::{
     Body, ConnectionMeta, Endpoint, Exchange, Flags, Header, HttpRequest, HttpResponse, Payload,
     Protocol, Request, Response, Timing,
@@ -115,6 +115,21 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("store");
     g.measurement_time(Duration::from_secs(8)).sample_size(20);
 
+    // The JSON cost alone (the model's serde shape), to tell it from sled's.
+    let one = small_http(7);
+    let line = serde_json::to_vec(&one).unwrap();
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("json encode one exchange", |b| {
+        let mut buf = Vec::with_capacity(1024);
+        b.iter(|| {
+            buf.clear();
+            serde_json::to_writer(&mut buf, &one).unwrap();
+        });
+    });
+    g.bench_function("json decode one exchange", |b| {
+        b.iter(|| serde_json::from_slice::<Exchange>(&line).unwrap());
+    });
+
     let store = Store::open(tmp.path().join("insert")).unwrap();
     let xs: Vec<_> = (0..BATCH as u64).map(small_http).collect();
     g.throughput(Throughput::Elements(BATCH as u64));
@@ -150,14 +165,16 @@ fn bench(c: &mut Criterion) {
     });
     g.sample_size(10);
     g.bench_function("import bundle (jsonl)", |b| {
-        b.iter_batched(
-            || (),
-            |()| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let start = std::time::Instant::now();
                 let s = store.import_bundle(&out).unwrap();
+                total += start.elapsed();
                 store.delete_task(&s.task_id).unwrap();
-            },
-            BatchSize::PerIteration,
-        );
+            }
+            total
+        });
     });
     g.finish();
 }

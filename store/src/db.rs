@@ -25,6 +25,13 @@ const NEXT_ID_KEY: &[u8] = b"next-id";
 /// Exchanges per stored block (one sled value): appends and imports write blocks of at most
 /// this many, so sled handles one value per block instead of one per exchange.
 const BLOCK_MAX: usize = 256;
+/// A block is also cut when its JSON reaches this size.
+const BLOCK_BYTES: usize = 1 << 20;
+/// Largest uncompressed block accepted when reading (a block holds at most one line past
+/// `BLOCK_BYTES`, and a line is at most `MAX_LINE_BYTES`).
+const BLOCK_DECODE_CAP: u64 = (BLOCK_BYTES + crate::MAX_LINE_BYTES) as u64 + 1;
+/// zstd level of stored blocks: fast; JSON compresses several times anyway.
+const BLOCK_ZSTD_LEVEL: i32 = 1;
 const MAX_TASK_ID: usize = 200;
 /// How long to wait for sled to release its file after a store of this process closed.
 const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -75,7 +82,7 @@ impl Default for StoreOptions {
 pub struct TaskUsage {
     /// Exchanges stored.
     pub exchanges: u64,
-    /// Bytes of stored values (keys and sled overhead not counted).
+    /// Bytes of stored (zstd-compressed) exchange blocks; keys and sled overhead not counted.
     pub bytes: u64,
 }
 
@@ -141,6 +148,70 @@ pub fn default_data_dir() -> PathBuf {
         Some(home) => PathBuf::from(home).join(".local/share/deetune"),
         None => PathBuf::from(".deetune"),
     }
+}
+
+/// Builds one stored block: exchange JSON lines joined by `\n`, cut at [`BLOCK_MAX`]
+/// exchanges or [`BLOCK_BYTES`] bytes.
+struct BlockBuilder {
+    lines: Vec<u8>,
+    count: u64,
+}
+
+impl BlockBuilder {
+    fn new() -> Self {
+        Self {
+            lines: Vec::with_capacity(64 * 1024),
+            count: 0,
+        }
+    }
+
+    fn start_line(&mut self) -> &mut Vec<u8> {
+        if self.count > 0 {
+            self.lines.push(b'\n');
+        }
+        self.count += 1;
+        &mut self.lines
+    }
+
+    fn is_full(&self) -> bool {
+        self.count >= BLOCK_MAX as u64 || self.lines.len() >= BLOCK_BYTES
+    }
+
+    /// The sled value: version byte, uncompressed length (u64 BE), zstd of the lines.
+    fn seal(&mut self) -> Result<(Vec<u8>, u64), StoreError> {
+        let packed = zstd::bulk::compress(&self.lines, BLOCK_ZSTD_LEVEL).map_err(|e| {
+            StoreError::Corrupt {
+                what: "exchange block".to_owned(),
+                detail: format!("compression failed: {e}"),
+            }
+        })?;
+        let mut v = Vec::with_capacity(packed.len() + 9);
+        v.push(VALUE_VERSION);
+        v.extend_from_slice(&(self.lines.len() as u64).to_be_bytes());
+        v.extend_from_slice(&packed);
+        let count = self.count;
+        self.lines.clear();
+        self.count = 0;
+        Ok((v, count))
+    }
+}
+
+/// The JSON lines of a stored block.
+fn open_block(value: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        what: "exchange block".to_owned(),
+        detail,
+    };
+    let body = codec::body("exchange block", value)?;
+    let (len, packed) = body
+        .split_first_chunk::<8>()
+        .ok_or_else(|| corrupt("shorter than its header".to_owned()))?;
+    let len = u64::from_be_bytes(*len);
+    if len > BLOCK_DECODE_CAP {
+        return Err(corrupt(format!("claims {len} bytes")));
+    }
+    let len = usize::try_from(len).map_err(|e| corrupt(e.to_string()))?;
+    zstd::bulk::decompress(packed, len).map_err(|e| corrupt(e.to_string()))
 }
 
 fn check_task_id(id: &str) -> Result<(), StoreError> {
@@ -515,26 +586,27 @@ impl Store {
         task_id: &str,
         exchanges: &[Exchange],
     ) -> Result<Vec<ExchangeId>, StoreError> {
-        let mut blocks = Vec::with_capacity(exchanges.len().div_ceil(BLOCK_MAX));
-        for chunk in exchanges.chunks(BLOCK_MAX) {
-            let mut block = Vec::with_capacity(chunk.len() * 700 + 1);
-            block.push(VALUE_VERSION);
-            for (i, x) in chunk.iter().enumerate() {
-                if i > 0 {
-                    block.push(b'\n');
-                }
-                serde_json::to_writer(&mut block, x).map_err(|source| StoreError::Encode {
+        let mut blocks = Vec::new();
+        let mut builder = BlockBuilder::new();
+        for x in exchanges {
+            serde_json::to_writer(builder.start_line(), x).map_err(|source| {
+                StoreError::Encode {
                     what: "exchange",
                     source,
-                })?;
+                }
+            })?;
+            if builder.is_full() {
+                blocks.push(builder.seal()?);
             }
-            blocks.push((block, chunk.len() as u64));
+        }
+        if builder.count > 0 {
+            blocks.push(builder.seal()?);
         }
         self.append_blocks(task_id, blocks)
     }
 
-    /// Appends blocks (version byte, then `count` exchange JSON lines joined by `\n`) in one
-    /// sled batch. Ids of a block are consecutive from the block's first id.
+    /// Appends sealed blocks (see [`BlockBuilder::seal`]) of `count` exchanges in one sled
+    /// batch. Ids of a block are consecutive from the block's first id.
     fn append_blocks(
         &self,
         task_id: &str,
@@ -586,7 +658,7 @@ impl Store {
         self.blocks(task_id).flat_map(|item| {
             let decoded: Vec<Result<(ExchangeId, Exchange), StoreError>> = match item {
                 Err(e) => vec![Err(e)],
-                Ok((first, block)) => match codec::body("exchange block", &block) {
+                Ok((first, block)) => match open_block(&block) {
                     Err(e) => vec![Err(e)],
                     Ok(body) => body
                         .split(|&b| b == b'\n')
@@ -649,7 +721,8 @@ impl Store {
             .get(key)
             .map_err(StoreError::sled("read exchange"))?
             .ok_or_else(missing)?;
-        let line = codec::body("exchange block", &block)?
+        let body = open_block(&block)?;
+        let line = body
             .split(|&b| b == b'\n')
             .nth(usize::try_from(id.0 - first).unwrap_or(usize::MAX))
             .ok_or_else(missing)?;
@@ -767,9 +840,9 @@ impl Store {
         let mut w = crate::BundleWriter::create(path, &header)?;
         for item in self.blocks(id) {
             let (_, block) = item.map_err(wrap)?;
-            let body = codec::body("exchange block", &block).map_err(wrap)?;
+            let body = open_block(&block).map_err(wrap)?;
             let lines = body.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
-            w.write_json_lines(body, lines)?;
+            w.write_json_lines(&body, lines)?;
         }
         w.finish()
     }
@@ -847,30 +920,24 @@ impl Store {
         // Blocks per sled batch while importing.
         const BLOCKS_PER_BATCH: usize = 8;
         let mut blocks = Vec::with_capacity(BLOCKS_PER_BATCH);
-        let mut block = vec![VALUE_VERSION];
-        let mut in_block = 0u64;
+        let mut builder = BlockBuilder::new();
         let mut count = 0u64;
         // Lines are stored as read (they parse as exchanges), so a re-export gives the
         // bundle's own bytes back.
         while let Some(item) = reader.next_raw() {
             let (line, _exchange) = item.map_err(ImportFailure::Bundle)?;
-            if in_block > 0 {
-                block.push(b'\n');
-            }
-            block.extend_from_slice(line);
-            in_block += 1;
+            builder.start_line().extend_from_slice(line);
             count += 1;
-            if in_block == BLOCK_MAX as u64 {
-                blocks.push((std::mem::replace(&mut block, vec![VALUE_VERSION]), in_block));
-                in_block = 0;
+            if builder.is_full() {
+                blocks.push(builder.seal().map_err(ImportFailure::Store)?);
                 if blocks.len() == BLOCKS_PER_BATCH {
                     self.append_blocks(task_id, std::mem::take(&mut blocks))
                         .map_err(ImportFailure::Store)?;
                 }
             }
         }
-        if in_block > 0 {
-            blocks.push((block, in_block));
+        if builder.count > 0 {
+            blocks.push(builder.seal().map_err(ImportFailure::Store)?);
         }
         self.append_blocks(task_id, blocks)
             .map_err(ImportFailure::Store)?;
