@@ -2,10 +2,10 @@
 /*
  * deetune socket capture.
  *
- * sys_enter_{read,write,readv,writev,sendto,recvfrom,sendmsg,recvmsg} remember the syscall's
- * fd and buffer (or iovec) per thread in `active`. sock:sock_send_length / sock_recv_length fire
- * only for sockets, inside the syscall, with the `struct sock *`: they tag the entry with it
- * (TCP over IPv4/IPv6 only). sys_exit_* then copies the returned number of bytes to the ring
+ * sys_enter_{read,write,readv,writev,sendto,recvfrom,sendmsg,recvmsg} look up the file behind
+ * the fd (task->files->fdt->fd[fd]); only when it is a TCP socket (IPv4/IPv6) do they remember
+ * the sock, fd and buffer (or iovec) per thread in `active` (other files cost no map write).
+ * sys_exit_* then copies the returned number of bytes to the ring
  * buffer in chunks, each tagged with the per-direction byte position of its first byte, up to
  * the per-syscall cap; what is not copied is reported as a gap and counted in `stats`.
  * Connections are keyed by (tgid, fd) with a new id when the socket behind the fd changes;
@@ -43,7 +43,69 @@ struct sock_common {
 
 struct sock {
 	struct sock_common __sk_common;
+	__u16 sk_type;
+	__u16 sk_protocol;
 } __attribute__((preserve_access_index));
+
+struct socket {
+	struct sock *sk;
+} __attribute__((preserve_access_index));
+
+struct inode {
+	unsigned short i_mode;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct inode *f_inode;
+	void *private_data;
+} __attribute__((preserve_access_index));
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} __attribute__((preserve_access_index));
+
+struct files_struct {
+	struct fdtable *fdt;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	struct files_struct *files;
+} __attribute__((preserve_access_index));
+
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define SOCK_STREAM 1
+
+/*
+ * The TCP sock behind `fd` of the current process, or 0: walks task->files->fdt->fd[fd] and
+ * checks the inode is a socket. A few kernel reads instead of a map update, so a syscall on
+ * a file, pipe or UDP socket costs no map write at all.
+ */
+static __always_inline __u64 fd_tcp_sock(__u32 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = 0;
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return 0;
+	unsigned short mode = BPF_CORE_READ(f, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return 0;
+	struct socket *so = BPF_CORE_READ(f, private_data);
+	struct sock *sk = BPF_CORE_READ(so, sk);
+	if (!sk)
+		return 0;
+	unsigned short family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	if (BPF_CORE_READ(sk, sk_type) != SOCK_STREAM || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	return (__u64)sk;
+}
 
 /* User-space layouts read with bpf_probe_read_user (x86_64 / arm64 LP64). */
 struct dt_iovec {
@@ -74,25 +136,15 @@ struct sys_exit_ctx {
 	__s64 ret;
 };
 
-struct sock_len_ctx {
-	__u64 common;
-	__u64 sk;
-	__u16 family;
-	__u16 protocol;
-	__s32 ret;
-	__s32 flags;
-};
-
 /* A syscall in flight on one thread. */
 struct active {
 	__u64 buf;    /* buffer, or iovec array */
-	__u64 sk;     /* set by sock_*_length: 0 means "not a TCP socket" */
+	__u64 sk;     /* the TCP sock behind fd */
 	__u32 fd;
 	__u32 iovcnt; /* 0: plain buffer */
 	__u8 syscall;
 	__u8 dir;
-	__u8 peek;
-	__u8 _pad[5];
+	__u8 _pad[6];
 };
 
 struct conn_key {
@@ -250,15 +302,22 @@ static __always_inline int ports_allowed(struct dt_config *cfg, __u16 lport, __u
 	       bpf_map_lookup_elem(&filter_ports, &rport);
 }
 
-static __always_inline void enter(__u8 syscall, __u8 dir, __u64 fd, __u64 buf, __u32 iovcnt)
+static __always_inline void enter(__u8 syscall, __u8 dir, __u64 fd, __u64 buf, __u32 iovcnt,
+				  __u64 flags)
 {
+	if (flags & MSG_PEEK)
+		return; /* the bytes stay in the socket and are read again */
 	struct dt_config *cfg = get_config();
 	if (!cfg)
 		return;
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!tgid_allowed(cfg, id >> 32))
 		return;
+	__u64 sk = fd_tcp_sock(fd);
+	if (!sk)
+		return;
 	struct active a = {};
+	a.sk = sk;
 	a.buf = buf;
 	a.fd = fd;
 	a.iovcnt = iovcnt;
@@ -266,19 +325,6 @@ static __always_inline void enter(__u8 syscall, __u8 dir, __u64 fd, __u64 buf, _
 	a.dir = dir;
 	if (bpf_map_update_elem(&active, &id, &a, BPF_ANY))
 		count(DT_ST_ACTIVE_FULL, 1);
-}
-
-static __always_inline void tag_sock(struct sock_len_ctx *ctx, __u8 dir)
-{
-	if (ctx->protocol != IPPROTO_TCP || (ctx->family != AF_INET && ctx->family != AF_INET6))
-		return;
-	__u64 id = bpf_get_current_pid_tgid();
-	struct active *a = bpf_map_lookup_elem(&active, &id);
-	if (!a || a->dir != dir)
-		return;
-	a->sk = ctx->sk;
-	if (dir == DT_DIR_RECV && (ctx->flags & MSG_PEEK))
-		a->peek = 1;
 }
 
 static __always_inline void emit_gap(__u64 conn_id, __u32 tgid, __u8 dir, __u64 pos, __u64 len,
@@ -469,7 +515,7 @@ static __always_inline void on_exit(long ret)
 		return;
 	struct active a = *ap;
 	bpf_map_delete_elem(&active, &id);
-	if (!a.sk || a.peek || ret <= 0)
+	if (ret <= 0)
 		return;
 	struct dt_config *cfg = get_config();
 	if (!cfg)
@@ -516,27 +562,27 @@ static __always_inline void on_exit(long ret)
 }
 
 /* Reads the iovec pointer and count out of a user msghdr. */
-static __always_inline void enter_msg(__u8 syscall, __u8 dir, __u64 fd, __u64 msgp)
+static __always_inline void enter_msg(__u8 syscall, __u8 dir, __u64 fd, __u64 msgp, __u64 flags)
 {
 	struct dt_user_msghdr m = {};
 	if (bpf_probe_read_user(&m, sizeof(m), (void *)msgp))
 		return;
 	if (m.msg_iovlen == 0)
 		return;
-	enter(syscall, dir, fd, m.msg_iov, m.msg_iovlen > 0xffff ? 0xffff : m.msg_iovlen);
+	enter(syscall, dir, fd, m.msg_iov, m.msg_iovlen > 0xffff ? 0xffff : m.msg_iovlen, flags);
 }
 
 SEC("tracepoint/syscalls/sys_enter_read")
 int dt_enter_read(struct sys_enter_ctx *ctx)
 {
-	enter(DT_SYS_READ, DT_DIR_RECV, ctx->args[0], ctx->args[1], 0);
+	enter(DT_SYS_READ, DT_DIR_RECV, ctx->args[0], ctx->args[1], 0, 0);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_write")
 int dt_enter_write(struct sys_enter_ctx *ctx)
 {
-	enter(DT_SYS_WRITE, DT_DIR_SEND, ctx->args[0], ctx->args[1], 0);
+	enter(DT_SYS_WRITE, DT_DIR_SEND, ctx->args[0], ctx->args[1], 0, 0);
 	return 0;
 }
 
@@ -544,7 +590,7 @@ SEC("tracepoint/syscalls/sys_enter_readv")
 int dt_enter_readv(struct sys_enter_ctx *ctx)
 {
 	if (ctx->args[2])
-		enter(DT_SYS_READV, DT_DIR_RECV, ctx->args[0], ctx->args[1], ctx->args[2] & 0xffff);
+		enter(DT_SYS_READV, DT_DIR_RECV, ctx->args[0], ctx->args[1], ctx->args[2] & 0xffff, 0);
 	return 0;
 }
 
@@ -552,35 +598,35 @@ SEC("tracepoint/syscalls/sys_enter_writev")
 int dt_enter_writev(struct sys_enter_ctx *ctx)
 {
 	if (ctx->args[2])
-		enter(DT_SYS_WRITEV, DT_DIR_SEND, ctx->args[0], ctx->args[1], ctx->args[2] & 0xffff);
+		enter(DT_SYS_WRITEV, DT_DIR_SEND, ctx->args[0], ctx->args[1], ctx->args[2] & 0xffff, 0);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendto")
 int dt_enter_sendto(struct sys_enter_ctx *ctx)
 {
-	enter(DT_SYS_SENDTO, DT_DIR_SEND, ctx->args[0], ctx->args[1], 0);
+	enter(DT_SYS_SENDTO, DT_DIR_SEND, ctx->args[0], ctx->args[1], 0, 0);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
 int dt_enter_recvfrom(struct sys_enter_ctx *ctx)
 {
-	enter(DT_SYS_RECVFROM, DT_DIR_RECV, ctx->args[0], ctx->args[1], 0);
+	enter(DT_SYS_RECVFROM, DT_DIR_RECV, ctx->args[0], ctx->args[1], 0, ctx->args[3]);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
 int dt_enter_sendmsg(struct sys_enter_ctx *ctx)
 {
-	enter_msg(DT_SYS_SENDMSG, DT_DIR_SEND, ctx->args[0], ctx->args[1]);
+	enter_msg(DT_SYS_SENDMSG, DT_DIR_SEND, ctx->args[0], ctx->args[1], 0);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_recvmsg")
 int dt_enter_recvmsg(struct sys_enter_ctx *ctx)
 {
-	enter_msg(DT_SYS_RECVMSG, DT_DIR_RECV, ctx->args[0], ctx->args[1]);
+	enter_msg(DT_SYS_RECVMSG, DT_DIR_RECV, ctx->args[0], ctx->args[1], ctx->args[2]);
 	return 0;
 }
 
@@ -600,20 +646,6 @@ EXIT_PROG(sendto)
 EXIT_PROG(recvfrom)
 EXIT_PROG(sendmsg)
 EXIT_PROG(recvmsg)
-
-SEC("tracepoint/sock/sock_send_length")
-int dt_sock_send(struct sock_len_ctx *ctx)
-{
-	tag_sock(ctx, DT_DIR_SEND);
-	return 0;
-}
-
-SEC("tracepoint/sock/sock_recv_length")
-int dt_sock_recv(struct sock_len_ctx *ctx)
-{
-	tag_sock(ctx, DT_DIR_RECV);
-	return 0;
-}
 
 SEC("tracepoint/syscalls/sys_enter_connect")
 int dt_enter_connect(struct sys_enter_ctx *ctx)

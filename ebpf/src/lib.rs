@@ -164,8 +164,6 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("dt_exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
     ("dt_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
     ("dt_exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
-    ("dt_sock_send", "sock", "sock_send_length"),
-    ("dt_sock_recv", "sock", "sock_recv_length"),
     ("dt_enter_connect", "syscalls", "sys_enter_connect"),
     ("dt_exit_connect", "syscalls", "sys_exit_connect"),
     ("dt_exit_accept", "syscalls", "sys_exit_accept"),
