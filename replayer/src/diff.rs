@@ -31,6 +31,40 @@ pub struct Difference {
     pub(crate) key: Path,
 }
 
+/// True when `a` and `b` compare equal under any rules, checked without building comparison
+/// trees (the common case of a replay): HTTP with the same status, body content and headers
+/// in the same order (the default-ignored ones skipped when `skip_default_headers`); other
+/// responses equal as values. False means "diff them", not "they differ".
+pub(crate) fn identical(
+    a: Option<&Response>,
+    b: Option<&Response>,
+    skip_default_headers: bool,
+) -> bool {
+    match (a, b) {
+        (Some(Response::Http(a)), Some(Response::Http(b))) => {
+            let kept = |h: &&deetune_protocols::Header| {
+                !(skip_default_headers
+                    && crate::rules::DEFAULT_IGNORED_HEADERS
+                        .iter()
+                        .any(|d| h.name.eq_ignore_ascii_case(d)))
+            };
+            a.status == b.status
+                && a.body.content() == b.body.content()
+                && a.headers.iter().filter(kept).count() == b.headers.iter().filter(kept).count()
+                && a.headers
+                    .iter()
+                    .filter(kept)
+                    .zip(b.headers.iter().filter(kept))
+                    .all(|(x, y)| {
+                        x.name.eq_ignore_ascii_case(&y.name)
+                            && x.value.as_bytes().trim_ascii() == y.value.as_bytes().trim_ascii()
+                    })
+        }
+        (Some(Response::Http(_)), _) | (_, Some(Response::Http(_))) => false,
+        (a, b) => a == b,
+    }
+}
+
 /// The comparable tree of a response. Keys of the top object are the path sections.
 pub(crate) fn normalize(resp: Option<&Response>, other: Option<&Response>) -> Value {
     let mut m = Map::new();
@@ -406,6 +440,53 @@ mod tests {
             .into_iter()
             .map(|d| d.path)
             .collect()
+    }
+
+    fn http(status: u16, headers: &[(&str, &str)], body: &str) -> Response {
+        Response::Http(HttpResponse {
+            version: "HTTP/1.1".into(),
+            status,
+            reason: "OK".into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| deetune_protocols::Header {
+                    name: (*n).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+            body: Body {
+                raw: body.into(),
+                decoded: None,
+                len: body.len() as u64,
+                truncated: false,
+            },
+        })
+    }
+
+    // Guards the fast path: "identical" only when a full diff could find nothing.
+    #[test]
+    fn identical_only_when_nothing_could_differ() {
+        let a = http(200, &[("Date", "Mon"), ("X-A", "1")], "{}");
+        let later = http(200, &[("x-a", " 1"), ("Date", "Tue")], "{}");
+        assert!(identical(Some(&a), Some(&later), true));
+        assert!(!identical(Some(&a), Some(&later), false));
+        for other in [
+            http(201, &[("Date", "Mon"), ("X-A", "1")], "{}"),
+            http(200, &[("Date", "Mon"), ("X-A", "2")], "{}"),
+            http(200, &[("Date", "Mon")], "{}"),
+            http(200, &[("Date", "Mon"), ("X-A", "1")], "{ }"),
+        ] {
+            assert!(!identical(Some(&a), Some(&other), true), "{other:?}");
+        }
+        assert!(!identical(Some(&a), None, true));
+        assert!(identical(None, None, true));
+        let r = Response::Redis(RespValue::Integer(1));
+        assert!(identical(Some(&r), Some(&r.clone()), true));
+        assert!(!identical(
+            Some(&r),
+            Some(&Response::Redis(RespValue::Integer(2))),
+            true
+        ));
     }
 
     #[test]

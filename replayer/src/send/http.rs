@@ -30,7 +30,11 @@ pub(crate) fn rewrite_target(target: &str, rules: &[(String, String)]) -> String
 pub(crate) fn request_bytes(req: &HttpRequest, target: &Target, opts: &SendOptions) -> Vec<u8> {
     let body = req.body.raw.as_bytes();
     let mut out = Vec::with_capacity(256 + body.len());
-    let path = rewrite_target(&req.target, &opts.rewrite_path);
+    let path = if opts.rewrite_path.is_empty() {
+        std::borrow::Cow::Borrowed(req.target.as_str())
+    } else {
+        std::borrow::Cow::Owned(rewrite_target(&req.target, &opts.rewrite_path))
+    };
     let version = if req.version.starts_with("HTTP/1.") {
         req.version.as_str()
     } else {
@@ -56,16 +60,14 @@ pub(crate) fn request_bytes(req: &HttpRequest, target: &Target, opts: &SendOptio
         {
             continue;
         }
-        let value: Vec<u8> = h
-            .value
-            .as_bytes()
-            .iter()
-            .copied()
-            .filter(|b| *b != b'\r' && *b != b'\n')
-            .collect();
         out.extend_from_slice(h.name.as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(&value);
+        out.extend(
+            h.value
+                .as_bytes()
+                .iter()
+                .filter(|b| **b != b'\r' && **b != b'\n'),
+        );
         out.extend_from_slice(b"\r\n");
     }
     for (n, v) in &opts.set_headers {
