@@ -76,9 +76,13 @@ fn export(global: &Global, task: &str, output: &Path, format: Format) -> anyhow:
 }
 
 pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
-    let format = args.format.unwrap_or_else(|| {
-        if args
-            .output
+    let Args {
+        task,
+        output,
+        format,
+    } = args;
+    let format = format.unwrap_or_else(|| {
+        if output
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("har"))
         {
@@ -87,11 +91,10 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             Format::Jsonl
         }
     });
-    let n = export(global, &args.task, &args.output, format)?;
+    let n = export(global, &task, &output, format)?;
     eprintln!(
-        "exported {n} exchanges of task {} to {}",
-        args.task,
-        args.output.display()
+        "exported {n} exchanges of task {task} to {}",
+        output.display()
     );
     Ok(crate::exit::success())
 }

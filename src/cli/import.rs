@@ -26,11 +26,12 @@ fn import(global: &Global, file: &Path) -> anyhow::Result<ImportSummary> {
 }
 
 pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
-    let summary = import(global, &args.file)?;
+    let Args { file } = args;
+    let summary = import(global, &file)?;
     eprintln!(
         "imported {} exchanges from {} as task {}",
         summary.exchanges,
-        args.file.display(),
+        file.display(),
         summary.task_id
     );
     println!("{}", summary.task_id);
