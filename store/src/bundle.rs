@@ -22,6 +22,8 @@ pub const BUNDLE_OLDEST_VERSION: u32 = 1;
 /// Longest line a reader accepts (64 MiB): bounds memory on garbage input.
 pub const MAX_LINE_BYTES: usize = 64 << 20;
 
+/// Lines longer than this are never taken for the end record (it is ~30 bytes).
+const END_RECORD_MAX: usize = 4096;
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 const ZSTD_LEVEL: i32 = 3;
 
@@ -463,19 +465,11 @@ impl BundleReader {
         }
     }
 
-    /// Reads the next exchange as its JSON line (validated), for callers that keep the text.
-    pub(crate) fn next_raw(&mut self) -> Option<Result<(&[u8], Exchange), BundleError>> {
-        match self.advance() {
-            Ok(Some(x)) => Some(Ok((&self.buf, x))),
-            Ok(None) => None,
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
-    }
-
-    fn advance(&mut self) -> Result<Option<Exchange>, BundleError> {
+    /// The next exchange line, not parsed (the caller must parse it; a failure is
+    /// [`BundleError::BadRecord`] at [`line`](Self::line)), or `None` after a valid end
+    /// record. A line is the end record exactly when it parses as one (an end record never
+    /// parses as an exchange, so this agrees with parsing every line as an exchange first).
+    pub(crate) fn next_exchange_line(&mut self) -> Result<Option<&[u8]>, BundleError> {
         if self.done {
             return Ok(None);
         }
@@ -485,19 +479,8 @@ impl BundleReader {
                 line: self.line_no,
             });
         }
-        match serde_json::from_slice::<Exchange>(&self.buf) {
-            Ok(x) => {
-                self.count += 1;
-                Ok(Some(x))
-            }
-            Err(err) => {
-                let Ok(end) = serde_json::from_slice::<EndRecord>(&self.buf) else {
-                    return Err(BundleError::BadRecord {
-                        path: self.path.clone(),
-                        line: self.line_no,
-                        source: err,
-                    });
-                };
+        if self.buf.len() <= END_RECORD_MAX {
+            if let Ok(end) = serde_json::from_slice::<EndRecord>(&self.buf) {
                 let end_line = self.line_no;
                 if end.end.exchanges != self.count {
                     return Err(BundleError::CountMismatch {
@@ -514,9 +497,23 @@ impl BundleReader {
                     });
                 }
                 self.done = true;
-                Ok(None)
+                return Ok(None);
             }
         }
+        self.count += 1;
+        Ok(Some(&self.buf))
+    }
+
+    fn advance(&mut self) -> Result<Option<Exchange>, BundleError> {
+        let parsed = match self.next_exchange_line()? {
+            None => return Ok(None),
+            Some(line) => serde_json::from_slice::<Exchange>(line),
+        };
+        parsed.map(Some).map_err(|source| BundleError::BadRecord {
+            path: self.path.clone(),
+            line: self.line_no,
+            source,
+        })
     }
 }
 

@@ -912,36 +912,98 @@ impl Store {
         })
     }
 
+    /// Reads the bundle in blocks, parses (validates) two blocks at a time on two threads,
+    /// and appends them. Lines are stored as read, so a re-export gives the bundle's own
+    /// bytes back. The first bad line in file order is the error.
     fn import_exchanges(
         &self,
         task_id: &str,
         reader: &mut crate::BundleReader,
     ) -> Result<u64, ImportFailure> {
-        // Blocks per sled batch while importing.
-        const BLOCKS_PER_BATCH: usize = 8;
-        let mut blocks = Vec::with_capacity(BLOCKS_PER_BATCH);
-        let mut builder = BlockBuilder::new();
         let mut count = 0u64;
-        // Lines are stored as read (they parse as exchanges), so a re-export gives the
-        // bundle's own bytes back.
-        while let Some(item) = reader.next_raw() {
-            let (line, _exchange) = item.map_err(ImportFailure::Bundle)?;
-            builder.start_line().extend_from_slice(line);
-            count += 1;
-            if builder.is_full() {
-                blocks.push(builder.seal().map_err(ImportFailure::Store)?);
-                if blocks.len() == BLOCKS_PER_BATCH {
-                    self.append_blocks(task_id, std::mem::take(&mut blocks))
-                        .map_err(ImportFailure::Store)?;
+        loop {
+            let mut chunks = [ImportChunk::new(), ImportChunk::new()];
+            let mut read_error = None;
+            let mut ended = false;
+            'fill: for chunk in &mut chunks {
+                chunk.first_line = reader.line() + 1;
+                while !chunk.block.is_full() {
+                    match reader.next_exchange_line() {
+                        Ok(Some(line)) => chunk.block.start_line().extend_from_slice(line),
+                        Ok(None) => {
+                            ended = true;
+                            break 'fill;
+                        }
+                        Err(e) => {
+                            read_error = Some(e);
+                            break 'fill;
+                        }
+                    }
                 }
             }
+            let path = reader.path();
+            let (a, b) = std::thread::scope(|s| {
+                let [first, second] = &chunks;
+                let worker = s.spawn(|| first.validate(path));
+                let b = second.validate(path);
+                let a = worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (a, b)
+            });
+            a.and(b).map_err(ImportFailure::Bundle)?;
+            if let Some(e) = read_error {
+                return Err(ImportFailure::Bundle(e));
+            }
+            let mut blocks = Vec::with_capacity(2);
+            for chunk in &mut chunks {
+                if chunk.block.count > 0 {
+                    count += chunk.block.count;
+                    blocks.push(chunk.block.seal().map_err(ImportFailure::Store)?);
+                }
+            }
+            self.append_blocks(task_id, blocks)
+                .map_err(ImportFailure::Store)?;
+            if ended {
+                return Ok(count);
+            }
         }
-        if builder.count > 0 {
-            blocks.push(builder.seal().map_err(ImportFailure::Store)?);
+    }
+}
+
+/// Lines of a bundle read for import, before they are validated.
+struct ImportChunk {
+    block: BlockBuilder,
+    first_line: u64,
+}
+
+impl ImportChunk {
+    fn new() -> Self {
+        Self {
+            block: BlockBuilder::new(),
+            first_line: 0,
         }
-        self.append_blocks(task_id, blocks)
-            .map_err(ImportFailure::Store)?;
-        Ok(count)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), crate::BundleError> {
+        if self.block.count == 0 {
+            return Ok(());
+        }
+        for (line, no) in self
+            .block
+            .lines
+            .split(|&b| b == b'\n')
+            .zip(self.first_line..)
+        {
+            if let Err(source) = serde_json::from_slice::<Exchange>(line) {
+                return Err(crate::BundleError::BadRecord {
+                    path: path.to_path_buf(),
+                    line: no,
+                    source,
+                });
+            }
+        }
+        Ok(())
     }
 }
 

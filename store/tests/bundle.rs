@@ -318,3 +318,53 @@ fn unknown_task_export_fails() {
     );
     assert!(!tmp.path().join("x.jsonl").exists());
 }
+
+/// Import validates blocks of lines on two threads: the error must still be the first bad
+/// line in file order, also when a later block is cut or also bad.
+#[test]
+fn import_names_the_first_bad_line_across_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("s")).unwrap();
+    store
+        .put_task(&common::task("t-1", TaskState::Stopped, 1))
+        .unwrap();
+    store.append("t-1", &common::mixed(1200)).unwrap();
+    let good = tmp.path().join("big.jsonl");
+    store.export_bundle("t-1", &good).unwrap();
+    let text = std::fs::read_to_string(&good).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let with = |bad: &[usize], keep: usize| {
+        let mut v: Vec<&str> = lines[..keep].to_vec();
+        for &b in bad {
+            v[b - 1] = "{broken";
+        }
+        let mut s = v.join("\n");
+        s.push('\n');
+        s
+    };
+    let n = lines.len();
+    let cases: [(&[usize], usize, u64); 5] = [
+        (&[300, 700], n, 300),
+        (&[700], n, 700),
+        (&[1100], n, 1100),
+        (&[100], 900, 100),
+        (&[], 900, 901),
+    ];
+    let before = dump(&store);
+    for (bad, keep, want) in cases {
+        let p = write(tmp.path(), "bad.jsonl", with(bad, keep).as_bytes());
+        let err = store.import_bundle(&p).unwrap_err();
+        let StoreError::Import { source, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(source.line(), Some(want), "{bad:?}/{keep}: {source}");
+        // The streaming reader agrees.
+        assert_eq!(read_all(&p).unwrap_err().line(), Some(want));
+        assert_eq!(dump(&store), before);
+    }
+    let ok = store.import_bundle(&good).unwrap();
+    assert_eq!(ok.exchanges, 1201);
+    let again = tmp.path().join("again.jsonl");
+    store.export_bundle(&ok.task_id, &again).unwrap();
+    assert!(std::fs::read(&good).unwrap() == std::fs::read(&again).unwrap());
+}
