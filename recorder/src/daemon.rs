@@ -39,6 +39,9 @@ pub struct RecorderConfig {
     /// Data directory of the store.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// Page cache of the store in MiB (default 16: the daemon's memory budget is 128 MiB).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_cache_mib: Option<u64>,
     /// Service naming rules, first match wins.
     #[serde(rename = "service", skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceRule>,
@@ -91,6 +94,17 @@ impl RecorderConfig {
         })?;
         ServiceNamer::new(&cfg.services)?;
         Ok(cfg)
+    }
+}
+
+impl RecorderConfig {
+    /// Store options for the daemon.
+    #[must_use]
+    pub fn store_options(&self) -> deetune_store::StoreOptions {
+        deetune_store::StoreOptions {
+            cache_bytes: self.store_cache_mib.unwrap_or(16) << 20,
+            ..deetune_store::StoreOptions::default()
+        }
     }
 }
 

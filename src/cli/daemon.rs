@@ -69,7 +69,7 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     rt.block_on(async {
         let store = Arc::new(
-            Store::open(&dir)
+            Store::open_with(&dir, &config.store_options())
                 .with_context(|| format!("cannot open the store in {}", dir.display()))?,
         );
         if args.no_capture {
