@@ -46,8 +46,8 @@ pub(crate) fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let (task, mut sink) = rt.block_on(async {
-        let capture = Capture::start(CaptureConfig::default())
-            .context("cannot start the eBPF capture")?;
+        let capture =
+            Capture::start(CaptureConfig::default()).context("cannot start the eBPF capture")?;
         let sink = BundleSink::create(output.clone(), &header)?;
         eprintln!("Recording into {} (Ctrl-C stops).", output.display());
         let (task, sink, _stats) =
