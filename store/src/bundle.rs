@@ -142,7 +142,23 @@ impl BundleWriter {
     /// # Errors
     /// The file cannot be created or written.
     pub fn create(path: impl AsRef<Path>, header: &BundleHeader) -> Result<Self, BundleError> {
-        let path = path.as_ref().to_path_buf();
+        let mut w = Self::start(path.as_ref())?;
+        w.write_record(header)?;
+        Ok(w)
+    }
+
+    /// Starts a bundle whose header line is given as JSON (a header kept from an import).
+    pub(crate) fn create_with_header_line(
+        path: &Path,
+        header_json: &[u8],
+    ) -> Result<Self, BundleError> {
+        let mut w = Self::start(path)?;
+        w.write_bytes(header_json)?;
+        Ok(w)
+    }
+
+    fn start(path: &Path) -> Result<Self, BundleError> {
+        let path = path.to_path_buf();
         let file_name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -167,15 +183,13 @@ impl BundleWriter {
         } else {
             Sink::Plain(buffered)
         };
-        let mut w = Self {
+        Ok(Self {
             path,
             tmp,
             sink: Some(sink),
             count: 0,
             line: Vec::with_capacity(4096),
-        };
-        w.write_record(header)?;
-        Ok(w)
+        })
     }
 
     /// The final path of the bundle.
@@ -282,6 +296,7 @@ pub struct BundleReader {
     src: Box<dyn BufRead + Send>,
     compressed: bool,
     header: BundleHeader,
+    header_line: Vec<u8>,
     line_no: u64,
     count: u64,
     buf: Vec<u8>,
@@ -353,6 +368,7 @@ impl BundleReader {
                 stopped_ms: None,
                 stats: crate::TaskStats::default(),
             }),
+            header_line: Vec::new(),
             line_no: 0,
             count: 0,
             buf: Vec::with_capacity(4096),
@@ -362,6 +378,7 @@ impl BundleReader {
             return Err(BundleError::Empty { path: r.path });
         }
         r.header = r.parse_header()?;
+        r.header_line.clone_from(&r.buf);
         Ok(r)
     }
 
@@ -369,6 +386,11 @@ impl BundleReader {
     #[must_use]
     pub fn header(&self) -> &BundleHeader {
         &self.header
+    }
+
+    /// Line 1 as read.
+    pub(crate) fn header_line(&self) -> &[u8] {
+        &self.header_line
     }
 
     /// The file name given at open.

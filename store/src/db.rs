@@ -836,8 +836,18 @@ impl Store {
     /// No such task, store read errors, or file errors.
     pub fn export_bundle(&self, id: &str, path: &Path) -> Result<u64, crate::BundleError> {
         let wrap = |e: StoreError| crate::BundleError::Store(Box::new(e));
-        let header = self.export_header(id).map_err(wrap)?;
-        let mut w = crate::BundleWriter::create(path, &header)?;
+        // An imported task: its header line exactly as it was imported.
+        let kept = self
+            .origins
+            .get(id.as_bytes())
+            .map_err(|e| wrap(StoreError::sled("read origin")(e)))?;
+        let mut w = match kept {
+            Some(v) => crate::BundleWriter::create_with_header_line(
+                path,
+                codec::body(&format!("origin of {id}"), &v).map_err(wrap)?,
+            )?,
+            None => crate::BundleWriter::create(path, &self.export_header(id).map_err(wrap)?)?,
+        };
         for item in self.blocks(id) {
             let (_, block) = item.map_err(wrap)?;
             let body = open_block(&block).map_err(wrap)?;
@@ -899,7 +909,13 @@ impl Store {
         task.id.clone_from(&task_id);
         task.state = TaskState::Imported;
         self.origins
-            .insert(task_id.as_bytes(), codec::encode("origin", &header)?)
+            .insert(task_id.as_bytes(), {
+                // Kept as read (it parsed as a header), for a byte-identical re-export.
+                let mut v = Vec::with_capacity(reader.header_line().len() + 1);
+                v.push(VALUE_VERSION);
+                v.extend_from_slice(reader.header_line());
+                v
+            })
             .map_err(StoreError::sled("write origin"))?;
         self.put_task(&task)?;
         self.meta
