@@ -326,6 +326,7 @@ fn find_exchanges_filters_by_interface_and_limit() {
 
 const CHILD_ENV: &str = "DEETUNE_STORE_CRASH_CHILD";
 const BATCH: u64 = 200;
+const BACKGROUND_ENV: &str = "DEETUNE_STORE_CRASH_BACKGROUND";
 
 /// The writer that `writer_killed_mid_batch_loses_only_unflushed` kills: appends numbered
 /// batches forever, flushing every 5th batch and printing how many exchanges are flushed.
@@ -335,15 +336,27 @@ fn crash_writer_child() {
     let Some(dir) = std::env::var_os(CHILD_ENV) else {
         return;
     };
-    let store = Store::open_with(
-        Path::new(&dir),
-        &StoreOptions {
+    let background = std::env::var_os(BACKGROUND_ENV).is_some();
+    let options = if background {
+        StoreOptions::default()
+    } else {
+        StoreOptions {
             flush_every_ms: 100_000,
             ..StoreOptions::default()
-        },
-    )
-    .unwrap();
+        }
+    };
+    let store = Store::open_with(Path::new(&dir), &options).unwrap();
     let mut n = 0u64;
+    if background {
+        // Only the background flusher writes to disk.
+        loop {
+            let xs: Vec<_> = (n..n + BATCH).map(common::http).collect();
+            store.append("t-crash", &xs).unwrap();
+            n += BATCH;
+            println!("appended {n}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
     let mut batches = 0u64;
     loop {
         let xs: Vec<_> = (n..n + BATCH).map(common::http).collect();
@@ -414,4 +427,56 @@ fn writer_killed_mid_batch_loses_only_unflushed() {
         store.delete_task("t-crash").unwrap();
         assert_eq!(store.exchanges("t-crash").count(), 0);
     }
+}
+
+/// Without any explicit flush, a SIGKILL loses at most what was appended in the last flush
+/// interval (500 ms by default; the check allows 1.5 s for a loaded machine).
+#[test]
+fn background_flush_bounds_the_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "crash_writer_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, tmp.path())
+        .env(BACKGROUND_ENV, "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let start = std::time::Instant::now();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(n) = line.strip_prefix("appended ") {
+            seen.push((std::time::Instant::now(), n.trim().parse::<u64>().unwrap()));
+        }
+        if start.elapsed() > std::time::Duration::from_secs(4) {
+            break;
+        }
+    }
+    let killed_at = std::time::Instant::now();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let safe = seen
+        .iter()
+        .rev()
+        .find(|(t, _)| killed_at.duration_since(*t) >= std::time::Duration::from_millis(1500))
+        .map_or(0, |(_, n)| *n);
+    assert!(safe > 0, "the writer appended nothing early enough");
+    let store = Store::open(tmp.path()).unwrap();
+    let mut count = 0u64;
+    for item in store.exchanges("t-crash") {
+        let (_, x) = item.expect("a stored exchange does not decode");
+        assert_eq!(x, common::http(count));
+        count += 1;
+    }
+    assert!(
+        count >= safe,
+        "{count} exchanges after the crash, {safe} were appended 1.5 s before it"
+    );
 }
