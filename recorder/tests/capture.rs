@@ -371,13 +371,13 @@ async fn capture_child(
                 conns
                     .get_mut(&conn)
                     .expect("gap for an opened connection")
-                    .gaps += len
+                    .gaps += len;
             }
             StreamEvent::Closed { conn, .. } => {
                 conns
                     .get_mut(&conn)
                     .expect("close of an opened connection")
-                    .closed = true
+                    .closed = true;
             }
         }
     }

@@ -4,7 +4,7 @@
 //! redaction down to the stored bytes, topology counts, and loss accounting.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use deetune_protocols::{Direction, Payload, Protocol, Request, Role};
@@ -13,6 +13,9 @@ use deetune_recorder::{
     ServiceRule, StoreSink, StreamEvent, TaskManager, TopologyAggregator,
 };
 use deetune_store::{Store, TaskSpec, TaskState};
+
+mod common;
+use common::files_contain;
 
 const T0: u64 = 1_800_000_000_000_000_000;
 
@@ -425,24 +428,6 @@ fn ring_buffer_loss_is_counted_per_task() {
         st.recorded + st.dropped_ring_buffer + st.dropped_gap,
         "{st:?}"
     );
-}
-
-fn files_contain(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    let mut hits = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(bytes) = std::fs::read(&p) {
-                if bytes.windows(needle.len()).any(|w| w == needle) {
-                    hits.push(p);
-                }
-            }
-        }
-    }
-    hits
 }
 
 #[tokio::test]

@@ -17,6 +17,9 @@ use deetune_recorder::{
 };
 use deetune_store::{Store, TaskRecord, TaskSpec, TaskState};
 
+mod common;
+use common::files_contain;
+
 fn is_root() -> bool {
     // SAFETY: no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -183,22 +186,6 @@ fn duration_stops_on_time() {
     assert_eq!(n, 1, "the one call during the task");
 }
 
-fn files_contain(dir: &Path, needle: &[u8]) -> bool {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
-            {
-                return true;
-            }
-        }
-    }
-    false
-}
-
 #[test]
 fn redis_auth_is_redacted_in_the_store_and_topology_counts() {
     require_root!();
@@ -294,8 +281,12 @@ fn redis_auth_is_redacted_in_the_store_and_topology_counts() {
     drop(stored);
     drop(store);
     assert!(
-        !files_contain(dir.path(), secret.as_bytes()),
+        files_contain(dir.path(), secret.as_bytes()).is_empty(),
         "the password is not in the store files"
+    );
+    assert!(
+        !files_contain(dir.path(), b"[REDACTED]").is_empty(),
+        "the stored blocks were read"
     );
 }
 
