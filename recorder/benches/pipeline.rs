@@ -23,7 +23,7 @@ fn events() -> Vec<StreamEvent> {
         let sid = c * 2 + 1;
         let cid = c * 2 + 2;
         let cport = 40000 + u16::try_from(c).unwrap_or(0);
-        let srv = format!("127.0.0.1:8080").parse().unwrap();
+        let srv = "127.0.0.1:8080".parse().unwrap();
         let cli = format!("127.0.0.1:{cport}").parse().unwrap();
         let info = |id, role, local, remote, comm: &str| ConnInfo {
             id,
