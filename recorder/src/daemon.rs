@@ -205,3 +205,37 @@ pub async fn run_daemon<E: EventSource>(
     let _ = std::fs::remove_file(socket);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guards the example shipped in `docs/deploy/`: it must load.
+    #[test]
+    fn example_config_loads() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deploy/deetune.toml");
+        let cfg = RecorderConfig::load(&p).expect("example config");
+        assert_eq!(cfg.services.len(), 2);
+        assert_eq!(cfg.store_options().cache_bytes, 16 << 20);
+    }
+
+    #[test]
+    fn bad_config_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[[service]]\nname = \"x\"\n").expect("write");
+        assert!(matches!(
+            RecorderConfig::load(&p),
+            Err(DaemonError::Rule(_))
+        ));
+        std::fs::write(&p, "bogus = 1\n").expect("write");
+        assert!(matches!(
+            RecorderConfig::load(&p),
+            Err(DaemonError::Config { .. })
+        ));
+        assert!(matches!(
+            RecorderConfig::load(&dir.path().join("none.toml")),
+            Err(DaemonError::Config { .. })
+        ));
+    }
+}
