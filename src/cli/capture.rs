@@ -97,7 +97,7 @@ async fn sniff(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn wanted(args: &Args, info: &ConnInfo) -> bool {
-    args.comms.is_empty() || args.comms.iter().any(|c| *c == info.comm)
+    args.comms.is_empty() || args.comms.contains(&info.comm)
 }
 
 fn dir_name(d: Direction) -> &'static str {

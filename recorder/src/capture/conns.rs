@@ -298,10 +298,9 @@ impl Table {
         dead.sort_unstable();
         let now = monotonic_ns();
         for id in dead {
-            let ends = self
-                .conns
-                .get(&id)
-                .map_or([0, 0], |c| [c.streams[0].next_pos(), c.streams[1].next_pos()]);
+            let ends = self.conns.get(&id).map_or([0, 0], |c| {
+                [c.streams[0].next_pos(), c.streams[1].next_pos()]
+            });
             self.close(id, now, ends, stats, out);
         }
     }

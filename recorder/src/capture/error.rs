@@ -36,7 +36,7 @@ pub enum CaptureError {
         name: String,
         /// What aya said.
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     /// The kernel verifier rejected a program.
     #[error("the kernel verifier rejected program {program}:\n{log}")]
@@ -62,7 +62,7 @@ pub enum CaptureError {
         op: &'static str,
         /// What aya said.
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     /// Registering the ring buffer with the async runtime failed (no tokio runtime?).
     #[error("watching the ring buffer failed (call inside a tokio runtime)")]

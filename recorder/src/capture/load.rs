@@ -191,24 +191,24 @@ impl Capture {
                 },
             })?;
             p.attach(category, name)
-                .map_err(|source| CaptureError::TracepointMissing {
+                .map_err(|e| CaptureError::TracepointMissing {
                     category: category.into(),
                     name: name.into(),
-                    source,
+                    source: Box::new(e),
                 })?;
         }
 
         let ring_map = ebpf.take_map(abi::maps::EVENTS).ok_or(CaptureError::Map {
             map: abi::maps::EVENTS,
             op: "find",
-            source: aya::maps::MapError::InvalidName {
+            source: Box::new(aya::maps::MapError::InvalidName {
                 name: abi::maps::EVENTS.into(),
-            },
+            }),
         })?;
-        let ring = RingBuf::try_from(ring_map).map_err(|source| CaptureError::Map {
+        let ring = RingBuf::try_from(ring_map).map_err(|e| CaptureError::Map {
             map: abi::maps::EVENTS,
             op: "open",
-            source,
+            source: Box::new(e),
         })?;
         // SAFETY: the ring buffer owns its map fd and its mmap for its whole life; the
         // `AsyncFd` owns the ring buffer, so the fd stays open and the same until it drops.
@@ -414,19 +414,18 @@ impl<E: std::borrow::BorrowMut<Ebpf>> PartialCapture<E> {
             let m = ebpf.map_mut(map).ok_or(CaptureError::Map {
                 map,
                 op: "find",
-                source: aya::maps::MapError::InvalidName { name: map.into() },
+                source: Box::new(aya::maps::MapError::InvalidName { name: map.into() }),
             })?;
-            let mut h =
-                BpfHashMap::<_, K, u8>::try_from(m).map_err(|source| CaptureError::Map {
-                    map,
-                    op: "open",
-                    source,
-                })?;
+            let mut h = BpfHashMap::<_, K, u8>::try_from(m).map_err(|e| CaptureError::Map {
+                map,
+                op: "open",
+                source: Box::new(e),
+            })?;
             for k in keys {
-                h.insert(k, 1, 0).map_err(|source| CaptureError::Map {
+                h.insert(k, 1, 0).map_err(|e| CaptureError::Map {
                     map,
                     op: "insert",
-                    source,
+                    source: Box::new(e),
                 })?;
             }
             let wanted: std::collections::HashSet<&K> = keys.iter().collect();
@@ -436,10 +435,10 @@ impl<E: std::borrow::BorrowMut<Ebpf>> PartialCapture<E> {
                 .filter(|k| !wanted.contains(k))
                 .collect();
             for k in stale {
-                h.remove(&k).map_err(|source| CaptureError::Map {
+                h.remove(&k).map_err(|e| CaptureError::Map {
                     map,
                     op: "remove",
-                    source,
+                    source: Box::new(e),
                 })?;
             }
         }
@@ -453,18 +452,18 @@ fn write_config(ebpf: &mut Ebpf, slots: &[u64; abi::CONFIG_SLOTS]) -> Result<(),
     let m = ebpf.map_mut(map).ok_or(CaptureError::Map {
         map,
         op: "find",
-        source: aya::maps::MapError::InvalidName { name: map.into() },
+        source: Box::new(aya::maps::MapError::InvalidName { name: map.into() }),
     })?;
     let mut arr =
-        Array::<_, [u64; abi::CONFIG_SLOTS]>::try_from(m).map_err(|source| CaptureError::Map {
+        Array::<_, [u64; abi::CONFIG_SLOTS]>::try_from(m).map_err(|e| CaptureError::Map {
             map,
             op: "open",
-            source,
+            source: Box::new(e),
         })?;
-    arr.set(0, *slots, 0).map_err(|source| CaptureError::Map {
+    arr.set(0, *slots, 0).map_err(|e| CaptureError::Map {
         map,
         op: "write",
-        source,
+        source: Box::new(e),
     })
 }
 
@@ -473,18 +472,17 @@ fn read_config(ebpf: &Ebpf) -> Result<[u64; abi::CONFIG_SLOTS], CaptureError> {
     let m = ebpf.map(map).ok_or(CaptureError::Map {
         map,
         op: "find",
-        source: aya::maps::MapError::InvalidName { name: map.into() },
+        source: Box::new(aya::maps::MapError::InvalidName { name: map.into() }),
     })?;
-    let arr =
-        Array::<_, [u64; abi::CONFIG_SLOTS]>::try_from(m).map_err(|source| CaptureError::Map {
-            map,
-            op: "open",
-            source,
-        })?;
-    arr.get(&0, 0).map_err(|source| CaptureError::Map {
+    let arr = Array::<_, [u64; abi::CONFIG_SLOTS]>::try_from(m).map_err(|e| CaptureError::Map {
+        map,
+        op: "open",
+        source: Box::new(e),
+    })?;
+    arr.get(&0, 0).map_err(|e| CaptureError::Map {
         map,
         op: "read",
-        source,
+        source: Box::new(e),
     })
 }
 
