@@ -31,4 +31,4 @@ pub use policy::{Policy, PolicyError};
 pub use redact::{JsonPath, Redactor, DEFAULT_HEADERS, REDACTED};
 pub use services::{EndpointFacts, ProcCache, ServiceNamer, ServiceRule, ServiceRuleError};
 pub use tasks::{reason, Loss, NotRunning, TaskManager};
-pub use topology::{is_error, EdgeKey, TopologyAggregator};
+pub use topology::{is_error, EdgeKey, TopologyAggregator, MAX_EDGES, OTHER};

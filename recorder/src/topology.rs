@@ -92,7 +92,14 @@ struct EdgeAcc {
     latency: Histogram,
 }
 
-/// Aggregates edges in memory.
+/// Most edges kept apart; see [`TopologyAggregator`].
+pub const MAX_EDGES: usize = 10_000;
+
+/// Client name of the edges folded together past [`MAX_EDGES`].
+pub const OTHER: &str = "(other)";
+
+/// Aggregates edges in memory (at most [`MAX_EDGES`] distinct ones, then per-server
+/// `(other)` edges).
 #[derive(Debug, Default)]
 pub struct TopologyAggregator {
     edges: HashMap<EdgeKey, EdgeAcc>,
@@ -133,6 +140,18 @@ impl TopologyAggregator {
     }
 
     fn acc(&mut self, key: &EdgeKey, now_ms: u64) -> &mut EdgeAcc {
+        // Bounded memory: past MAX_EDGES, new edges fold into one per server under the
+        // client name `(other)`.
+        let folded;
+        let key = if self.edges.len() >= MAX_EDGES && !self.edges.contains_key(key) {
+            folded = EdgeKey {
+                client: OTHER.to_owned(),
+                ..key.clone()
+            };
+            &folded
+        } else {
+            key
+        };
         if !self.edges.contains_key(key) {
             self.edges.insert(
                 key.clone(),
@@ -202,6 +221,27 @@ impl TopologyAggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn edges_are_bounded() {
+        let mut t = TopologyAggregator::default();
+        for i in 0..(MAX_EDGES + 50) {
+            let key = EdgeKey {
+                client: format!("10.0.{}.{}", i / 256, i % 256),
+                server: "db".into(),
+                port: 5432,
+                protocol: None,
+            };
+            t.connection(&key, 1);
+        }
+        let edges = t.edges();
+        assert_eq!(edges.len(), MAX_EDGES + 1);
+        let other = edges
+            .iter()
+            .find(|e| e.client == OTHER)
+            .expect("folded edge");
+        assert_eq!(other.connections, 50);
+    }
 
     #[test]
     fn histogram_quantiles() {
