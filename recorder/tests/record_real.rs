@@ -115,9 +115,26 @@ fn http_pair_scope_interface_filter_and_exact_count() {
         count: Some(3),
         ..TaskSpec::default()
     };
+    let other_client = tempfile::tempdir().expect("tempdir");
+    let curl = deetune_fixtures::find_binary("curl").expect("curl installed");
+    std::fs::copy(&curl, other_client.path().join("other-client")).expect("copy curl");
     let (task, sink, _) = record_with(spec, &rules, port, Duration::from_secs(20), move || {
         let base = format!("http://127.0.0.1:{port}");
-        // Five matching calls on one keep-alive connection, non-matching calls around them.
+        // First a matching call from another client service: a copy of curl named
+        // `other-client` (its process name), which the pair scope must leave out.
+        let other = other_client.path().join("other-client");
+        run(
+            &other.display().to_string(),
+            &[
+                "-sf",
+                "-X",
+                "POST",
+                "-d",
+                "{}",
+                &format!("{base}/api/orders/99"),
+            ],
+        );
+        // Then five matching calls on one keep-alive connection, non-matching calls around.
         run("curl", &["-sf", &format!("{base}/health")]);
         let mut args = vec!["-sf".to_owned()];
         for i in 0..5 {
@@ -133,15 +150,6 @@ fn http_pair_scope_interface_filter_and_exact_count() {
         args.push(format!("{base}/api/users"));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         run("curl", &refs);
-        // A client that is not `curl` (wget-like via python is not guaranteed): the test
-        // process itself is excluded by the capture, so use a shell `exec` with another name.
-        run(
-            "bash",
-            &[
-                "-c",
-                &format!("exec -a other-client curl -sf -X POST -d '{{}}' {base}/api/orders/99"),
-            ],
-        );
     });
     let recorded = sink.exchanges.lock().unwrap().clone();
     assert_eq!(task.state, TaskState::Stopped);
