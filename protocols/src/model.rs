@@ -7,8 +7,10 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::payload::PayloadVisitor;
 use crate::Payload;
 
 /// Application protocol of a connection.
@@ -212,7 +214,7 @@ impl Exchange {
 }
 
 /// A request, per protocol.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "protocol", rename_all = "snake_case")]
 pub enum Request {
     /// HTTP request.
@@ -245,7 +247,7 @@ impl Request {
 }
 
 /// A response, per protocol.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "protocol", rename_all = "snake_case")]
 pub enum Response {
     /// HTTP response.
@@ -413,7 +415,7 @@ pub enum RespValue {
 }
 
 /// MySQL session state the replayer needs to reproduce a connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "protocol", rename_all = "snake_case")]
 pub enum SessionInfo {
     /// From the MySQL handshake (never authentication data).
@@ -435,7 +437,7 @@ pub struct MysqlSession {
 }
 
 /// A MySQL command.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum MysqlCommand {
     /// COM_QUERY.
@@ -551,7 +553,7 @@ fn is_modifier(w: &str) -> bool {
 }
 
 /// A MySQL cell or statement parameter.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum MysqlValue {
     /// SQL NULL.
@@ -588,7 +590,7 @@ pub struct MysqlResultSet {
 }
 
 /// A MySQL response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MysqlResponse {
     /// OK packet.
@@ -631,4 +633,433 @@ pub enum MysqlResponse {
         /// File name the server asked for.
         filename: String,
     },
+}
+
+// ---- deserialization ----
+//
+// serde's derived code for internally tagged and untagged enums buffers every value into an
+// intermediate tree before decoding it (the tag may come last). The JSON our writer emits
+// (derived `Serialize`) always puts the tag first, so these hand-written impls read the tag
+// key first and decode the rest of the map straight from the input; only when the tag is not
+// the first key do they buffer (into a `serde_json::Value`). The accepted JSON is the same.
+
+impl<'de> Deserialize<'de> for Request {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        tagged::deserialize(d)
+    }
+}
+
+impl tagged::Tagged for Request {
+    const EXPECTING: &'static str = "a request (a map with a `protocol` key)";
+    const TAG: &'static str = "protocol";
+    const VARIANTS: &'static [&'static str] = &["http", "redis", "mysql", "raw"];
+
+    fn content<'de, D: Deserializer<'de>>(variant: usize, d: D) -> Result<Self, D::Error> {
+        Ok(match variant {
+            0 => Self::Http(HttpRequest::deserialize(d)?),
+            1 => Self::Redis(RedisCommand::deserialize(d)?),
+            2 => Self::Mysql(MysqlCommand::deserialize(d)?),
+            _ => Self::Raw {
+                data: RawFields::deserialize(d)?.data,
+            },
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Response {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        tagged::deserialize(d)
+    }
+}
+
+impl tagged::Tagged for Response {
+    const EXPECTING: &'static str = "a response (a map with a `protocol` key)";
+    const TAG: &'static str = "protocol";
+    const VARIANTS: &'static [&'static str] = &["http", "redis", "mysql", "raw"];
+
+    fn content<'de, D: Deserializer<'de>>(variant: usize, d: D) -> Result<Self, D::Error> {
+        Ok(match variant {
+            0 => Self::Http(HttpResponse::deserialize(d)?),
+            1 => Self::Redis(RespValue::deserialize(d)?),
+            2 => Self::Mysql(MysqlResponse::deserialize(d)?),
+            _ => Self::Raw {
+                data: RawFields::deserialize(d)?.data,
+            },
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionInfo {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        tagged::deserialize(d)
+    }
+}
+
+impl tagged::Tagged for SessionInfo {
+    const EXPECTING: &'static str = "session info (a map with a `protocol` key)";
+    const TAG: &'static str = "protocol";
+    const VARIANTS: &'static [&'static str] = &["mysql"];
+
+    fn content<'de, D: Deserializer<'de>>(_variant: usize, d: D) -> Result<Self, D::Error> {
+        Ok(Self::Mysql(MysqlSession::deserialize(d)?))
+    }
+}
+
+impl<'de> Deserialize<'de> for MysqlCommand {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        tagged::deserialize(d)
+    }
+}
+
+impl tagged::Tagged for MysqlCommand {
+    const EXPECTING: &'static str = "a MySQL command (a map with a `command` key)";
+    const TAG: &'static str = "command";
+    const VARIANTS: &'static [&'static str] = &[
+        "query",
+        "stmt_prepare",
+        "stmt_execute",
+        "stmt_close",
+        "stmt_reset",
+        "init_db",
+        "ping",
+        "quit",
+        "other",
+    ];
+
+    fn content<'de, D: Deserializer<'de>>(variant: usize, d: D) -> Result<Self, D::Error> {
+        Ok(match variant {
+            0 => Self::Query {
+                sql: SqlFields::deserialize(d)?.sql,
+            },
+            1 => Self::StmtPrepare {
+                sql: SqlFields::deserialize(d)?.sql,
+            },
+            2 => {
+                let f = StmtExecuteFields::deserialize(d)?;
+                Self::StmtExecute {
+                    statement_id: f.statement_id,
+                    sql: f.sql,
+                    params: f.params,
+                }
+            }
+            3 => Self::StmtClose {
+                statement_id: StatementFields::deserialize(d)?.statement_id,
+            },
+            4 => Self::StmtReset {
+                statement_id: StatementFields::deserialize(d)?.statement_id,
+            },
+            5 => Self::InitDb {
+                schema: InitDbFields::deserialize(d)?.schema,
+            },
+            6 => {
+                de::IgnoredAny::deserialize(d)?;
+                Self::Ping
+            }
+            7 => {
+                de::IgnoredAny::deserialize(d)?;
+                Self::Quit
+            }
+            _ => {
+                let f = OtherFields::deserialize(d)?;
+                Self::Other {
+                    code: f.code,
+                    data: f.data,
+                }
+            }
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for MysqlResponse {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        tagged::deserialize(d)
+    }
+}
+
+impl tagged::Tagged for MysqlResponse {
+    const EXPECTING: &'static str = "a MySQL response (a map with a `kind` key)";
+    const TAG: &'static str = "kind";
+    const VARIANTS: &'static [&'static str] =
+        &["ok", "err", "result_sets", "prepared", "local_infile"];
+
+    fn content<'de, D: Deserializer<'de>>(variant: usize, d: D) -> Result<Self, D::Error> {
+        Ok(match variant {
+            0 => {
+                let f = OkFields::deserialize(d)?;
+                Self::Ok {
+                    affected_rows: f.affected_rows,
+                    last_insert_id: f.last_insert_id,
+                    warnings: f.warnings,
+                    info: f.info,
+                }
+            }
+            1 => {
+                let f = ErrFields::deserialize(d)?;
+                Self::Err {
+                    code: f.code,
+                    sql_state: f.sql_state,
+                    message: f.message,
+                }
+            }
+            2 => Self::ResultSets {
+                sets: ResultSetsFields::deserialize(d)?.sets,
+            },
+            3 => {
+                let f = PreparedFields::deserialize(d)?;
+                Self::Prepared {
+                    statement_id: f.statement_id,
+                    params: f.params,
+                    columns: f.columns,
+                }
+            }
+            _ => Self::LocalInfile {
+                filename: LocalInfileFields::deserialize(d)?.filename,
+            },
+        })
+    }
+}
+
+// The fields of struct variants (the map minus its tag).
+
+#[derive(Deserialize)]
+struct RawFields {
+    data: Payload,
+}
+
+#[derive(Deserialize)]
+struct SqlFields {
+    sql: String,
+}
+
+#[derive(Deserialize)]
+struct StmtExecuteFields {
+    statement_id: u32,
+    #[serde(default)]
+    sql: Option<String>,
+    params: Vec<MysqlValue>,
+}
+
+#[derive(Deserialize)]
+struct StatementFields {
+    statement_id: u32,
+}
+
+#[derive(Deserialize)]
+struct InitDbFields {
+    schema: String,
+}
+
+#[derive(Deserialize)]
+struct OtherFields {
+    code: u8,
+    data: Payload,
+}
+
+#[derive(Deserialize)]
+struct OkFields {
+    affected_rows: u64,
+    last_insert_id: u64,
+    warnings: u16,
+    #[serde(default)]
+    info: String,
+}
+
+#[derive(Deserialize)]
+struct ErrFields {
+    code: u16,
+    sql_state: String,
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct ResultSetsFields {
+    sets: Vec<MysqlResultSet>,
+}
+
+#[derive(Deserialize)]
+struct PreparedFields {
+    statement_id: u32,
+    params: u16,
+    columns: u16,
+}
+
+#[derive(Deserialize)]
+struct LocalInfileFields {
+    filename: String,
+}
+
+/// Untagged in JSON: `null`, an integer, a float, or a payload (string or `{"base64": …}`),
+/// told apart by the JSON type without buffering.
+impl<'de> Deserialize<'de> for MysqlValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(MysqlValueVisitor)
+    }
+}
+
+struct MysqlValueVisitor;
+
+impl<'de> Visitor<'de> for MysqlValueVisitor {
+    type Value = MysqlValue;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("null, a number, a string or a map {\"base64\": \"…\"}")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<MysqlValue, E> {
+        Ok(MysqlValue::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<MysqlValue, E> {
+        Ok(MysqlValue::Null)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<MysqlValue, E> {
+        Ok(MysqlValue::Int(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<MysqlValue, E> {
+        Ok(i64::try_from(v).map_or(MysqlValue::UInt(v), MysqlValue::Int))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<MysqlValue, E> {
+        Ok(MysqlValue::Float(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<MysqlValue, E> {
+        PayloadVisitor.visit_str(v).map(MysqlValue::Bytes)
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<MysqlValue, E> {
+        PayloadVisitor.visit_string(v).map(MysqlValue::Bytes)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<MysqlValue, A::Error> {
+        PayloadVisitor.visit_map(map).map(MysqlValue::Bytes)
+    }
+}
+
+/// Internally tagged enums read tag-first (see above).
+mod tagged {
+    use std::marker::PhantomData;
+
+    use serde::de::{self, value::MapAccessDeserializer, DeserializeSeed, MapAccess, Visitor};
+    use serde::Deserializer;
+
+    /// An enum stored as a map with a tag key naming the variant and the variant's fields.
+    pub(super) trait Tagged: Sized {
+        /// What the error says was expected.
+        const EXPECTING: &'static str;
+        /// The tag key.
+        const TAG: &'static str;
+        /// Tag values, by variant index.
+        const VARIANTS: &'static [&'static str];
+        /// The variant at `variant` (an index into `VARIANTS`) from the other fields.
+        fn content<'de, D: Deserializer<'de>>(variant: usize, d: D) -> Result<Self, D::Error>;
+    }
+
+    pub(super) fn deserialize<'de, T: Tagged, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        d.deserialize_any(TaggedVisitor::<T>(PhantomData))
+    }
+
+    struct TaggedVisitor<T>(PhantomData<T>);
+
+    impl<'de, T: Tagged> Visitor<'de> for TaggedVisitor<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(T::EXPECTING)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+            let first = map.next_key_seed(FirstKey { tag: T::TAG })?;
+            match first {
+                None => Err(de::Error::missing_field(T::TAG)),
+                Some(None) => {
+                    let variant = map.next_value_seed(VariantSeed {
+                        variants: T::VARIANTS,
+                    })?;
+                    T::content(variant, MapAccessDeserializer::new(map))
+                }
+                Some(Some(key)) => buffered::<T, A>(key, map),
+            }
+        }
+    }
+
+    /// The slow path: the tag is not the first key. Buffers the map, then decodes.
+    fn buffered<'de, T: Tagged, A: MapAccess<'de>>(
+        first_key: String,
+        mut map: A,
+    ) -> Result<T, A::Error> {
+        let mut rest = serde_json::Map::new();
+        rest.insert(first_key, map.next_value::<serde_json::Value>()?);
+        let mut tag = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == T::TAG {
+                if tag.is_some() {
+                    return Err(de::Error::duplicate_field(T::TAG));
+                }
+                tag = Some(map.next_value_seed(VariantSeed {
+                    variants: T::VARIANTS,
+                })?);
+            } else {
+                let value = map.next_value::<serde_json::Value>()?;
+                rest.insert(key, value);
+            }
+        }
+        let variant = tag.ok_or_else(|| de::Error::missing_field(T::TAG))?;
+        T::content(variant, serde_json::Value::Object(rest)).map_err(de::Error::custom)
+    }
+
+    /// Reads a map key: `None` when it is the tag, the key otherwise.
+    struct FirstKey {
+        tag: &'static str,
+    }
+
+    impl<'de> DeserializeSeed<'de> for FirstKey {
+        type Value = Option<String>;
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<String>, D::Error> {
+            d.deserialize_identifier(self)
+        }
+    }
+
+    impl Visitor<'_> for FirstKey {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a field name")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<String>, E> {
+            Ok((v != self.tag).then(|| v.to_owned()))
+        }
+    }
+
+    /// Reads a tag value: the index of the variant it names.
+    struct VariantSeed {
+        variants: &'static [&'static str],
+    }
+
+    impl<'de> DeserializeSeed<'de> for VariantSeed {
+        type Value = usize;
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+            d.deserialize_identifier(self)
+        }
+    }
+
+    impl Visitor<'_> for VariantSeed {
+        type Value = usize;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a variant name")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<usize, E> {
+            self.variants
+                .iter()
+                .position(|name| *name == v)
+                .ok_or_else(|| E::unknown_variant(v, self.variants))
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Byte strings that serialize as UTF-8 text when they are text, and as base64 otherwise.
 
 use base64::Engine as _;
+use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Raw bytes (a body, a Redis bulk string, a MySQL cell). In JSON: a plain string when the
@@ -78,21 +79,101 @@ impl Serialize for Payload {
     }
 }
 
+/// Text (a JSON string) or `{"base64": "…"}`, read directly by a visitor: no buffering of
+/// the value as an untagged enum would do.
 impl<'de> Deserialize<'de> for Payload {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Repr {
-            Text(String),
-            Binary { base64: String },
+        d.deserialize_any(PayloadVisitor)
+    }
+}
+
+/// Also used for MySQL values (a payload in one of its forms).
+pub(crate) struct PayloadVisitor;
+
+impl<'de> Visitor<'de> for PayloadVisitor {
+    type Value = Payload;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string or a map {\"base64\": \"…\"}")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Payload, E> {
+        Ok(Payload(v.as_bytes().to_vec()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Payload, E> {
+        Ok(Payload(v.into_bytes()))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Payload, A::Error> {
+        let mut bytes = None;
+        while let Some(key) = map.next_key::<PayloadKey>()? {
+            match key {
+                PayloadKey::Base64 => {
+                    if bytes.is_some() {
+                        return Err(de::Error::duplicate_field("base64"));
+                    }
+                    bytes = Some(map.next_value_seed(Base64Seed)?);
+                }
+                PayloadKey::Other => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
         }
-        match Repr::deserialize(d)? {
-            Repr::Text(t) => Ok(Self(t.into_bytes())),
-            Repr::Binary { base64 } => base64::engine::general_purpose::STANDARD
-                .decode(base64.as_bytes())
-                .map(Self)
-                .map_err(serde::de::Error::custom),
+        bytes
+            .map(Payload)
+            .ok_or_else(|| de::Error::missing_field("base64"))
+    }
+}
+
+/// A key of the binary form: `base64`, or anything else (ignored).
+enum PayloadKey {
+    Base64,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for PayloadKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = PayloadKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PayloadKey, E> {
+                Ok(if v == "base64" {
+                    PayloadKey::Base64
+                } else {
+                    PayloadKey::Other
+                })
+            }
         }
+        d.deserialize_identifier(KeyVisitor)
+    }
+}
+
+/// Decodes a base64 string value straight from the input.
+struct Base64Seed;
+
+impl<'de> de::DeserializeSeed<'de> for Base64Seed {
+    type Value = Vec<u8>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for Base64Seed {
+    type Value = Vec<u8>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a base64 string")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_bytes())
+            .map_err(E::custom)
     }
 }
 
