@@ -102,6 +102,6 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Exchanges(c) => exchanges::run(g, c),
         Command::Export(a) => export::run(g, a),
         Command::Import(a) => import::run(g, a),
-        Command::Replay(a) => replay::run(g, a),
+        Command::Replay(a) => replay::run(g, &a),
     }
 }

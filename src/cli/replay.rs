@@ -16,10 +16,6 @@ use crate::exit;
 #[command(
     after_help = "Exit codes: 0 no regression, 1 regressions (or target errors), 2 could not run."
 )]
-#[expect(
-    clippy::struct_excessive_bools,
-    reason = "independent command-line switches"
-)]
 pub(crate) struct Args {
     /// Bundle file to replay (`.jsonl` or `.jsonl.zst`).
     #[arg(
@@ -161,8 +157,8 @@ fn config(global: &Global, args: &Args) -> anyhow::Result<ReplayConfig> {
     })
 }
 
-pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
-    let config = config(global, &args)?;
+pub(crate) fn run(global: &Global, args: &Args) -> anyhow::Result<ExitCode> {
+    let config = config(global, args)?;
     let report = if let Some(task) = &args.task {
         let store = super::export::open_store(global)?;
         let source = store.exchanges(task).map(|r| r.map(|(_, x)| x));
