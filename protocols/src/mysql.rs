@@ -137,6 +137,9 @@ struct Pending {
     unsigned: Vec<bool>,
     /// For a prepare: SQL and the OK's numbers.
     prepared: Option<(u32, u16, u16)>,
+    /// Commands without a response (QUIT, STMT_CLOSE, …) the client sent after this one while
+    /// it was still waiting: emitted right after it, so exchanges stay in request order.
+    followers: Vec<(MysqlCommand, Timing, Flags)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,6 +280,13 @@ impl MysqlDecoder {
             response_end_ns: end,
         };
         self.emit(Request::Mysql(p.cmd), response, timing, p.flags);
+        self.emit_followers(p.followers);
+    }
+
+    fn emit_followers(&mut self, followers: Vec<(MysqlCommand, Timing, Flags)>) {
+        for (cmd, timing, flags) in followers {
+            self.emit(Request::Mysql(cmd), None, timing, flags);
+        }
     }
 
     fn flush_pending(&mut self, mark: Flags) {
@@ -291,6 +301,7 @@ impl MysqlDecoder {
                 ..Timing::default()
             };
             self.emit(Request::Mysql(p.cmd), None, timing, flags);
+            self.emit_followers(p.followers);
         }
     }
 
@@ -462,7 +473,12 @@ impl MysqlDecoder {
                 request_end_ns: ts,
                 ..Timing::default()
             };
-            self.emit(Request::Mysql(cmd), None, timing, flags);
+            match self.pending.back_mut() {
+                Some(waiting) if waiting.followers.len() < MAX_PENDING => {
+                    waiting.followers.push((cmd, timing, flags));
+                }
+                _ => self.emit(Request::Mysql(cmd), None, timing, flags),
+            }
             return;
         }
         let binary = matches!(cmd, MysqlCommand::StmtExecute { .. });
@@ -480,6 +496,7 @@ impl MysqlDecoder {
             binary,
             unsigned: Vec::new(),
             prepared: None,
+            followers: Vec::new(),
         });
         while self.pending.len() > MAX_PENDING {
             if let Some(p) = self.pending.pop_front() {
@@ -493,6 +510,7 @@ impl MysqlDecoder {
                     ..p.flags
                 };
                 self.emit(Request::Mysql(p.cmd), None, timing, flags);
+                self.emit_followers(p.followers);
             }
         }
     }

@@ -317,3 +317,34 @@ fn rows_past_max_body_are_dropped_and_flagged() {
         .iter()
         .any(|e| e.interface() == "INIT_DB" && e.flags.is_clean()));
 }
+
+/// Guards the request order of `drain`: a command without response (QUIT, STMT_CLOSE) sent
+/// while an earlier command still waits for its response comes out after that command.
+#[test]
+fn response_less_commands_keep_request_order() {
+    let mut d = MysqlDecoder::new(DecoderConfig::default());
+    login(&mut d);
+    d.push(Direction::Request, 2, &packet(0, b"\x0e")); // PING, answered later
+    d.push(Direction::Request, 3, &packet(0, b"\x19\x07\x00\x00\x00")); // STMT_CLOSE 7
+    d.push(Direction::Request, 4, &packet(0, b"\x01")); // QUIT
+    d.push(Direction::Response, 5, &packet(1, &[0, 0, 0, 2, 0, 0, 0]));
+    d.close(6);
+    let mut out = Vec::new();
+    d.drain(&mut out);
+    let shape: Vec<_> = out
+        .iter()
+        .map(|e| (e.interface(), e.response.is_some()))
+        .collect();
+    let n = shape.len();
+    assert!(n >= 3, "{shape:?}");
+    assert_eq!(
+        shape[n - 3..],
+        [
+            ("PING".to_owned(), true),
+            ("STMT_CLOSE".to_owned(), false),
+            ("QUIT".to_owned(), false)
+        ]
+    );
+    let seqs: Vec<u64> = out.iter().map(|e| e.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+}
