@@ -45,6 +45,7 @@ enum dt_gap_reason {
 	DT_GAP_RINGBUF_FULL = 2,
 	DT_GAP_READ_FAILED = 3,
 	DT_GAP_IOV_LIMIT = 4,
+	DT_GAP_OTHER_PATH = 5, /* moved by sendfile/splice/io_uring/sendmmsg/a kernel thread */
 };
 
 enum dt_syscall {
@@ -77,16 +78,17 @@ enum dt_stat_slot {
 	DT_ST_RB_FULL_EVENTS = 3,  /* events that found no room in the ring buffer */
 	DT_ST_RB_FULL_BYTES = 4,   /* payload bytes of those */
 	DT_ST_READ_FAILED = 5,     /* bytes the kernel could not copy from user memory */
-	DT_ST_ACTIVE_FULL = 6,     /* syscalls not tracked: `active` map full */
+	DT_ST_ACTIVE_FULL = 6,     /* unused since the socket-tracepoint capture (always 0) */
 	DT_ST_CONN_FULL = 7,       /* connections not tracked: `conns` map full */
 	DT_ST_CONTROL_LOST = 8,    /* open/close/gap events that found no room */
+	DT_ST_OTHER_PATH = 9,      /* bytes of known connections moved by an unsupported path */
 	DT_ST_SLOTS = 16,
 };
 
 struct dt_header {
 	__u32 kind;    /* enum dt_event_kind */
 	__u32 tgid;
-	__u64 conn_id; /* unique per capture: a new id when the socket behind (tgid, fd) changes */
+	__u64 conn_id; /* unique per capture: one per socket (a new socket behind an fd: new id) */
 	__u64 ts_ns;   /* bpf_ktime_get_ns (CLOCK_MONOTONIC) */
 };
 

@@ -1,15 +1,24 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * deetune socket capture.
+ * deetune socket capture, on socket tracepoints only (no syscall tracepoints, so processes
+ * that do not move bytes on a socket pay nothing).
  *
- * sys_enter_{read,write,readv,writev,sendto,recvfrom,sendmsg,recvmsg} look up the file behind
- * the fd (task->files->fdt->fd[fd]); only when it is a TCP socket (IPv4/IPv6) do they remember
- * the sock, fd and buffer (or iovec) per thread in `active` (other files cost no map write).
- * sys_exit_* then copies the returned number of bytes to the ring
- * buffer in chunks, each tagged with the per-direction byte position of its first byte, up to
- * the per-syscall cap; what is not copied is reported as a gap and counted in `stats`.
- * Connections are keyed by (tgid, fd) with a new id when the socket behind the fd changes;
- * connect/accept tell the role, close ends the connection.
+ * raw_tracepoint/sock_send_length and sock_recv_length fire in sock_sendmsg_nosec /
+ * sock_recvmsg_nosec, in the calling task, once the bytes were moved (for a receive, they are
+ * already in the user buffer). The syscall's own arguments are in the task's user pt_regs
+ * (orig_ax = syscall number, di/si/dx = arguments): for the 8 supported syscalls
+ * (read/write/readv/writev/sendto/recvfrom/sendmsg/recvmsg) the fd, the buffer (or iovec, or
+ * msghdr) and the returned length give the payload, copied to the ring buffer in chunks, each
+ * tagged with the per-direction byte position of its first byte, up to the per-syscall cap;
+ * what is not copied is reported as a gap and counted in `stats`. Bytes moved on a known
+ * connection by any other path (sendfile, splice, io_uring, sendmmsg, kernel threads) are
+ * reported as a gap (DT_GAP_OTHER_PATH) and counted.
+ * Connections are keyed by the sock: a new sock behind an fd is a new connection. The first
+ * data event checks that the fd of the syscall names that sock (task->files->fdt->fd[fd]);
+ * later events of the same (tgid, fd) skip the check.
+ * raw_tracepoint/inet_sock_set_state gives the role (SYN_SENT -> ESTABLISHED: client,
+ * SYN_RECV -> ESTABLISHED: server) and the end (-> CLOSE: close event).
+ * x86_64 only (pt_regs layout and syscall numbers).
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -22,7 +31,26 @@ char LICENSE[] SEC("license") = "GPL";
 #define AF_INET6 10
 #define IPPROTO_TCP 6
 #define MSG_PEEK 2
-#define EINPROGRESS 115
+
+/* include/net/tcp_states.h */
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
+#define TCP_CLOSE 7
+
+/* include/linux/sched.h */
+#define PF_IO_WORKER 0x00000010
+#define PF_KTHREAD 0x00200000
+
+/* x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl). */
+#define NR_READ 0
+#define NR_WRITE 1
+#define NR_READV 19
+#define NR_WRITEV 20
+#define NR_SENDTO 44
+#define NR_RECVFROM 45
+#define NR_SENDMSG 46
+#define NR_RECVMSG 47
 
 /* The few kernel fields we read, relocated against the running kernel's BTF (CO-RE). */
 struct in6_addr {
@@ -70,21 +98,25 @@ struct files_struct {
 } __attribute__((preserve_access_index));
 
 struct task_struct {
+	unsigned int flags;
 	struct files_struct *files;
+} __attribute__((preserve_access_index));
+
+struct pt_regs {
+	unsigned long di;
+	unsigned long si;
+	unsigned long dx;
+	unsigned long r10;
+	unsigned long orig_ax;
 } __attribute__((preserve_access_index));
 
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 #define SOCK_STREAM 1
 
-/*
- * The TCP sock behind `fd` of the current process, or 0: walks task->files->fdt->fd[fd] and
- * checks the inode is a socket. A few kernel reads instead of a map update, so a syscall on
- * a file, pipe or UDP socket costs no map write at all.
- */
-static __always_inline __u64 fd_tcp_sock(__u32 fd)
+/* Whether `fd` of the current process is the socket `sk` (task->files->fdt->fd[fd]). */
+static __always_inline int fd_is_sock(struct task_struct *task, __u32 fd, __u64 sk)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
 	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
 		return 0;
@@ -96,18 +128,20 @@ static __always_inline __u64 fd_tcp_sock(__u32 fd)
 	if ((mode & S_IFMT) != S_IFSOCK)
 		return 0;
 	struct socket *so = BPF_CORE_READ(f, private_data);
-	struct sock *sk = BPF_CORE_READ(so, sk);
-	if (!sk)
-		return 0;
+	return (__u64)BPF_CORE_READ(so, sk) == sk;
+}
+
+/* Whether `sk` is a TCP socket over IPv4 or IPv6. */
+static __always_inline int is_tcp(struct sock *sk)
+{
 	unsigned short family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
-	if (BPF_CORE_READ(sk, sk_type) != SOCK_STREAM || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return 0;
-	return (__u64)sk;
+	return BPF_CORE_READ(sk, sk_type) == SOCK_STREAM &&
+	       BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP;
 }
 
-/* User-space layouts read with bpf_probe_read_user (x86_64 / arm64 LP64). */
+/* User-space layouts read with bpf_probe_read_user (x86_64 LP64). */
 struct dt_iovec {
 	__u64 base;
 	__u64 len;
@@ -121,46 +155,15 @@ struct dt_user_msghdr {
 	__u64 msg_iovlen;
 };
 
-/* Tracepoint contexts (see /sys/kernel/tracing/events/<cat>/<name>/format). */
-struct sys_enter_ctx {
-	__u64 common;
-	__s32 nr;
-	__u32 _pad;
-	__u64 args[6];
-};
-
-struct sys_exit_ctx {
-	__u64 common;
-	__s32 nr;
-	__u32 _pad;
-	__s64 ret;
-};
-
-/* A syscall in flight on one thread. */
-struct active {
-	__u64 buf;    /* buffer, or iovec array */
-	__u64 sk;     /* the TCP sock behind fd */
-	__u32 fd;
-	__u32 iovcnt; /* 0: plain buffer */
-	__u8 syscall;
-	__u8 dir;
-	__u8 _pad[6];
-};
-
-struct conn_key {
-	__u32 tgid;
-	__u32 fd;
-};
-
 struct conn {
 	__u64 id;
-	__u64 sk;
 	__u64 pos[2]; /* next byte position per enum dt_dir */
+	__u32 tgid;   /* the (tgid, fd) last checked to name this sock */
+	__u32 fd;
 	__u16 lport;
 	__u16 rport;
 	__u8 role;
-	__u8 announced; /* the open event reached the ring buffer */
-	__u8 _pad[2];
+	__u8 _pad[3];
 };
 
 struct dt_config {
@@ -200,37 +203,21 @@ struct {
 	__type(value, struct dt_data_event);
 } scratch SEC(".maps");
 
-/* Plain (preallocated) hash: cheaper than LRU for the update/delete every hooked syscall
- * pays; sys_exit always deletes the entry. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, struct active);
-} active SEC(".maps");
-
+/* Captured connections by sock address; deleted when the sock reaches TCP_CLOSE. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
-	__type(key, struct conn_key);
+	__type(key, __u64);
 	__type(value, struct conn);
 } conns SEC(".maps");
 
-/* Role learnt from connect/accept, consumed when the connection's first data is seen. */
+/* Role learnt at TCP_ESTABLISHED, by sock address; consumed at the first data event. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
-	__type(key, struct conn_key);
+	__type(key, __u64);
 	__type(value, __u8);
 } roles SEC(".maps");
-
-/* connect() in flight: pid_tgid -> fd. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u64);
-	__type(value, __u32);
-} connecting SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -302,31 +289,6 @@ static __always_inline int ports_allowed(struct dt_config *cfg, __u16 lport, __u
 	       bpf_map_lookup_elem(&filter_ports, &rport);
 }
 
-static __always_inline void enter(__u8 syscall, __u8 dir, __u64 fd, __u64 buf, __u32 iovcnt,
-				  __u64 flags)
-{
-	if (flags & MSG_PEEK)
-		return; /* the bytes stay in the socket and are read again */
-	struct dt_config *cfg = get_config();
-	if (!cfg)
-		return;
-	__u64 id = bpf_get_current_pid_tgid();
-	if (!tgid_allowed(cfg, id >> 32))
-		return;
-	__u64 sk = fd_tcp_sock(fd);
-	if (!sk)
-		return;
-	struct active a = {};
-	a.sk = sk;
-	a.buf = buf;
-	a.fd = fd;
-	a.iovcnt = iovcnt;
-	a.syscall = syscall;
-	a.dir = dir;
-	if (bpf_map_update_elem(&active, &id, &a, BPF_ANY))
-		count(DT_ST_ACTIVE_FULL, 1);
-}
-
 static __always_inline void emit_gap(__u64 conn_id, __u32 tgid, __u8 dir, __u64 pos, __u64 len,
 				     __u8 reason)
 {
@@ -348,7 +310,7 @@ static __always_inline void emit_gap(__u64 conn_id, __u32 tgid, __u8 dir, __u64 
 	count(DT_ST_EVENTS, 1);
 }
 
-static __always_inline void emit_close(struct conn *c, __u32 tgid)
+static __always_inline void emit_close(struct conn *c)
 {
 	struct dt_close_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -356,7 +318,7 @@ static __always_inline void emit_close(struct conn *c, __u32 tgid)
 		return;
 	}
 	e->hdr.kind = DT_EV_CLOSE;
-	e->hdr.tgid = tgid;
+	e->hdr.tgid = c->tgid;
 	e->hdr.conn_id = c->id;
 	e->hdr.ts_ns = bpf_ktime_get_ns();
 	e->sent = c->pos[DT_DIR_SEND];
@@ -365,12 +327,13 @@ static __always_inline void emit_close(struct conn *c, __u32 tgid)
 	count(DT_ST_EVENTS, 1);
 }
 
-static __always_inline void emit_open(struct conn *c, struct sock *sk, __u32 tgid, __u32 fd)
+/* Returns 0 when the open event reached the ring buffer. */
+static __always_inline int emit_open(struct conn *c, struct sock *sk, __u32 tgid, __u32 fd)
 {
 	struct dt_open_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(DT_ST_CONTROL_LOST, 1);
-		return;
+		return -1;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->hdr.kind = DT_EV_OPEN;
@@ -393,53 +356,48 @@ static __always_inline void emit_open(struct conn *c, struct sock *sk, __u32 tgi
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
 	bpf_ringbuf_submit(e, wake_flags());
 	count(DT_ST_EVENTS, 1);
-	c->announced = 1;
+	return 0;
 }
 
-/* The connection behind (tgid, fd) now backed by `skp`: existing, or new (open event). */
-static __always_inline struct conn *get_conn(struct dt_config *cfg, __u32 tgid, __u32 fd,
+/*
+ * A new connection for `skp`, first seen by (tgid, fd) (already checked to name it): stored
+ * and announced, or 0 when its ports are filtered out (nothing stored: it is looked at again
+ * at its next data event, so a later port allow-list change applies) or a table is full.
+ */
+static __always_inline struct conn *new_conn(struct dt_config *cfg, __u32 tgid, __u32 fd,
 					     __u64 skp)
 {
-	struct conn_key key = { .tgid = tgid, .fd = fd };
 	struct sock *sk = (struct sock *)skp;
-	struct conn *c = bpf_map_lookup_elem(&conns, &key);
-	if (c && c->sk == skp) {
-		if (!c->announced)
-			emit_open(c, sk, tgid, fd);
-		return c;
-	}
-	if (c) {
-		/* The fd now names another socket (dup2, or a missed close). */
-		emit_close(c, tgid);
-		bpf_map_delete_elem(&conns, &key);
-	}
 	__u16 lport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	__u16 rport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	if (!ports_allowed(cfg, lport, rport))
 		return 0;
-
 	struct conn nc = {};
 	__u32 zero = 0;
 	__u64 *ids = bpf_map_lookup_elem(&next_id, &zero);
 	if (!ids)
 		return 0;
 	nc.id = __sync_fetch_and_add(ids, 1) + 1;
-	nc.sk = skp;
+	nc.tgid = tgid;
+	nc.fd = fd;
 	nc.lport = lport;
 	nc.rport = rport;
-	__u8 *role = bpf_map_lookup_elem(&roles, &key);
+	__u8 *role = bpf_map_lookup_elem(&roles, &skp);
 	if (role) {
 		nc.role = *role;
-		bpf_map_delete_elem(&roles, &key);
+		bpf_map_delete_elem(&roles, &skp);
 	}
-	if (bpf_map_update_elem(&conns, &key, &nc, BPF_ANY)) {
-		count(DT_ST_CONN_FULL, 1);
+	/* Announce first: a connection is only stored once user space knows it. */
+	if (emit_open(&nc, sk, tgid, fd))
 		return 0;
+	if (bpf_map_update_elem(&conns, &skp, &nc, BPF_NOEXIST)) {
+		/* Another CPU stored it first (or the table is full): use what is there. */
+		struct conn *c = bpf_map_lookup_elem(&conns, &skp);
+		if (!c)
+			count(DT_ST_CONN_FULL, 1);
+		return c;
 	}
-	c = bpf_map_lookup_elem(&conns, &key);
-	if (c)
-		emit_open(c, sk, tgid, fd);
-	return c;
+	return bpf_map_lookup_elem(&conns, &skp);
 }
 
 /*
@@ -507,45 +465,114 @@ __noinline __u64 dt_emit_range(__u64 conn_id, __u64 meta, __u64 pos, __u64 src, 
 	return done;
 }
 
-static __always_inline void on_exit(long ret)
+static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct active *ap = bpf_map_lookup_elem(&active, &id);
-	if (!ap)
-		return;
-	struct active a = *ap;
-	bpf_map_delete_elem(&active, &id);
 	if (ret <= 0)
 		return;
+	if (dir == DT_DIR_RECV && (flags & MSG_PEEK))
+		return; /* the bytes stay in the socket and are read again */
 	struct dt_config *cfg = get_config();
 	if (!cfg)
 		return;
+	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
-	struct conn *c = get_conn(cfg, tgid, a.fd, a.sk);
-	if (!c)
+	if (!tgid_allowed(cfg, tgid))
 		return;
-	__u8 dir = a.dir & 1;
+	struct conn *c = bpf_map_lookup_elem(&conns, &skp);
+	if (!c && !is_tcp((struct sock *)skp))
+		return;
+
+	/* Which syscall moved the bytes, and where they are in user memory. */
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u32 tflags = BPF_CORE_READ(task, flags);
+	__u64 nr = ~0ULL, fd = 0, buf = 0, arg2 = 0;
+	if (!(tflags & (PF_KTHREAD | PF_IO_WORKER))) {
+		struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+		nr = BPF_CORE_READ(regs, orig_ax);
+		fd = BPF_CORE_READ(regs, di);
+		buf = BPF_CORE_READ(regs, si);
+		arg2 = BPF_CORE_READ(regs, dx);
+	}
+	__u8 syscall = 0;
+	__u32 iovcnt = 0; /* 0: plain buffer */
+	switch (nr) {
+	case NR_READ:
+		syscall = DT_SYS_READ;
+		break;
+	case NR_WRITE:
+		syscall = DT_SYS_WRITE;
+		break;
+	case NR_READV:
+		syscall = DT_SYS_READV;
+		iovcnt = arg2 > 0xffff ? 0xffff : arg2;
+		break;
+	case NR_WRITEV:
+		syscall = DT_SYS_WRITEV;
+		iovcnt = arg2 > 0xffff ? 0xffff : arg2;
+		break;
+	case NR_SENDTO:
+		syscall = DT_SYS_SENDTO;
+		break;
+	case NR_RECVFROM:
+		syscall = DT_SYS_RECVFROM;
+		break;
+	case NR_SENDMSG:
+	case NR_RECVMSG: {
+		struct dt_user_msghdr m = {};
+		if (bpf_probe_read_user(&m, sizeof(m), (void *)buf))
+			break;
+		syscall = nr == NR_SENDMSG ? DT_SYS_SENDMSG : DT_SYS_RECVMSG;
+		buf = m.msg_iov;
+		iovcnt = m.msg_iovlen > 0xffff ? 0xffff : m.msg_iovlen;
+		break;
+	}
+	}
+	/* A supported syscall on this very socket? Checked once per (tgid, fd) and sock. */
+	if (syscall && (!c || c->tgid != tgid || c->fd != (__u32)fd)) {
+		if (!fd_is_sock(task, fd, skp))
+			syscall = 0;
+		else if (c) {
+			c->tgid = tgid;
+			c->fd = fd;
+		}
+	}
+	if (!syscall) {
+		/* Another path (sendfile, splice, io_uring, kernel): a gap on known connections. */
+		if (c) {
+			__u64 p = __sync_fetch_and_add(&c->pos[dir & 1], (__u64)ret);
+			count(DT_ST_OTHER_PATH, ret);
+			if (ports_allowed(cfg, c->lport, c->rport))
+				emit_gap(c->id, tgid, dir & 1, p, ret, DT_GAP_OTHER_PATH);
+		}
+		return;
+	}
+	if (!c) {
+		c = new_conn(cfg, tgid, fd, skp);
+		if (!c)
+			return;
+	}
+	dir &= 1;
 	__u64 total = ret;
 	__u64 pos0 = __sync_fetch_and_add(&c->pos[dir], total);
 	if (!ports_allowed(cfg, c->lport, c->rport))
 		return; /* filtered out after the connection was first seen */
 
 	__u64 conn_id = c->id;
-	__u64 meta = tgid | ((__u64)dir << 32) | ((__u64)a.syscall << 40);
+	__u64 meta = tgid | ((__u64)dir << 32) | ((__u64)syscall << 40);
 	__u64 cap = cfg->v[DT_CFG_CAP_BYTES];
 	if (cap > (__u64)DT_CHUNK_MAX * DT_CHUNKS_MAX)
 		cap = (__u64)DT_CHUNK_MAX * DT_CHUNKS_MAX;
 	__u64 left = total < cap ? total : cap; /* bytes we may copy */
 	__u64 done = 0;                        /* bytes accounted for */
-	if (!a.iovcnt) {
-		done = dt_emit_range(conn_id, meta, pos0, a.buf, left);
+	if (!iovcnt) {
+		done = dt_emit_range(conn_id, meta, pos0, buf, left);
 	} else {
-		__u32 iovcnt = a.iovcnt < DT_IOV_MAX ? a.iovcnt : DT_IOV_MAX;
+		__u32 n_iov = iovcnt < DT_IOV_MAX ? iovcnt : DT_IOV_MAX;
 		for (__u32 j = 0; j < DT_IOV_MAX; j++) {
-			if (j >= iovcnt || done >= left)
+			if (j >= n_iov || done >= left)
 				break;
 			struct dt_iovec iov = {};
-			if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(a.buf + j * sizeof(iov))))
+			if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(buf + j * sizeof(iov))))
 				break;
 			__u64 n = left - done;
 			if (iov.len < n)
@@ -561,161 +588,41 @@ static __always_inline void on_exit(long ret)
 	}
 }
 
-/* Reads the iovec pointer and count out of a user msghdr. */
-static __always_inline void enter_msg(__u8 syscall, __u8 dir, __u64 fd, __u64 msgp, __u64 flags)
+/* TP_PROTO(struct sock *sk, int ret, int flags); the int arguments are zero-extended. */
+SEC("raw_tracepoint/sock_send_length")
+int dt_sock_send(struct bpf_raw_tracepoint_args *ctx)
 {
-	struct dt_user_msghdr m = {};
-	if (bpf_probe_read_user(&m, sizeof(m), (void *)msgp))
-		return;
-	if (m.msg_iovlen == 0)
-		return;
-	enter(syscall, dir, fd, m.msg_iov, m.msg_iovlen > 0xffff ? 0xffff : m.msg_iovlen, flags);
-}
-
-SEC("tracepoint/syscalls/sys_enter_read")
-int dt_enter_read(struct sys_enter_ctx *ctx)
-{
-	enter(DT_SYS_READ, DT_DIR_RECV, ctx->args[0], ctx->args[1], 0, 0);
+	on_data(ctx->args[0], (int)ctx->args[1], (int)ctx->args[2], DT_DIR_SEND);
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_write")
-int dt_enter_write(struct sys_enter_ctx *ctx)
+SEC("raw_tracepoint/sock_recv_length")
+int dt_sock_recv(struct bpf_raw_tracepoint_args *ctx)
 {
-	enter(DT_SYS_WRITE, DT_DIR_SEND, ctx->args[0], ctx->args[1], 0, 0);
+	on_data(ctx->args[0], (int)ctx->args[1], (int)ctx->args[2], DT_DIR_RECV);
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_readv")
-int dt_enter_readv(struct sys_enter_ctx *ctx)
+/* TP_PROTO(const struct sock *sk, const int oldstate, const int newstate). */
+SEC("raw_tracepoint/inet_sock_set_state")
+int dt_sock_state(struct bpf_raw_tracepoint_args *ctx)
 {
-	if (ctx->args[2])
-		enter(DT_SYS_READV, DT_DIR_RECV, ctx->args[0], ctx->args[1], ctx->args[2] & 0xffff, 0);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_writev")
-int dt_enter_writev(struct sys_enter_ctx *ctx)
-{
-	if (ctx->args[2])
-		enter(DT_SYS_WRITEV, DT_DIR_SEND, ctx->args[0], ctx->args[1], ctx->args[2] & 0xffff, 0);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_sendto")
-int dt_enter_sendto(struct sys_enter_ctx *ctx)
-{
-	enter(DT_SYS_SENDTO, DT_DIR_SEND, ctx->args[0], ctx->args[1], 0, 0);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int dt_enter_recvfrom(struct sys_enter_ctx *ctx)
-{
-	enter(DT_SYS_RECVFROM, DT_DIR_RECV, ctx->args[0], ctx->args[1], 0, ctx->args[3]);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int dt_enter_sendmsg(struct sys_enter_ctx *ctx)
-{
-	enter_msg(DT_SYS_SENDMSG, DT_DIR_SEND, ctx->args[0], ctx->args[1], 0);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int dt_enter_recvmsg(struct sys_enter_ctx *ctx)
-{
-	enter_msg(DT_SYS_RECVMSG, DT_DIR_RECV, ctx->args[0], ctx->args[1], ctx->args[2]);
-	return 0;
-}
-
-#define EXIT_PROG(name)                                      \
-	SEC("tracepoint/syscalls/sys_exit_" #name)           \
-	int dt_exit_##name(struct sys_exit_ctx *ctx)         \
-	{                                                    \
-		on_exit(ctx->ret);                           \
-		return 0;                                    \
+	__u64 sk = ctx->args[0];
+	int oldstate = (int)ctx->args[1];
+	int newstate = (int)ctx->args[2];
+	if (newstate == TCP_ESTABLISHED) {
+		__u8 role = oldstate == TCP_SYN_SENT  ? DT_ROLE_CLIENT
+			    : oldstate == TCP_SYN_RECV ? DT_ROLE_SERVER
+						       : DT_ROLE_UNKNOWN;
+		if (role != DT_ROLE_UNKNOWN)
+			bpf_map_update_elem(&roles, &sk, &role, BPF_ANY);
+	} else if (newstate == TCP_CLOSE) {
+		struct conn *c = bpf_map_lookup_elem(&conns, &sk);
+		if (c) {
+			emit_close(c);
+			bpf_map_delete_elem(&conns, &sk);
+		}
+		bpf_map_delete_elem(&roles, &sk);
 	}
-
-EXIT_PROG(read)
-EXIT_PROG(write)
-EXIT_PROG(readv)
-EXIT_PROG(writev)
-EXIT_PROG(sendto)
-EXIT_PROG(recvfrom)
-EXIT_PROG(sendmsg)
-EXIT_PROG(recvmsg)
-
-SEC("tracepoint/syscalls/sys_enter_connect")
-int dt_enter_connect(struct sys_enter_ctx *ctx)
-{
-	struct dt_config *cfg = get_config();
-	if (!cfg)
-		return 0;
-	__u64 id = bpf_get_current_pid_tgid();
-	if (!tgid_allowed(cfg, id >> 32))
-		return 0;
-	__u32 fd = ctx->args[0];
-	bpf_map_update_elem(&connecting, &id, &fd, BPF_ANY);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_connect")
-int dt_exit_connect(struct sys_exit_ctx *ctx)
-{
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 *fdp = bpf_map_lookup_elem(&connecting, &id);
-	if (!fdp)
-		return 0;
-	struct conn_key key = { .tgid = id >> 32, .fd = *fdp };
-	bpf_map_delete_elem(&connecting, &id);
-	if (ctx->ret == 0 || ctx->ret == -EINPROGRESS) {
-		__u8 role = DT_ROLE_CLIENT;
-		bpf_map_update_elem(&roles, &key, &role, BPF_ANY);
-	}
-	return 0;
-}
-
-static __always_inline void accepted(long ret)
-{
-	if (ret < 0)
-		return;
-	struct dt_config *cfg = get_config();
-	if (!cfg)
-		return;
-	__u64 id = bpf_get_current_pid_tgid();
-	if (!tgid_allowed(cfg, id >> 32))
-		return;
-	struct conn_key key = { .tgid = id >> 32, .fd = ret };
-	__u8 role = DT_ROLE_SERVER;
-	bpf_map_update_elem(&roles, &key, &role, BPF_ANY);
-}
-
-SEC("tracepoint/syscalls/sys_exit_accept")
-int dt_exit_accept(struct sys_exit_ctx *ctx)
-{
-	accepted(ctx->ret);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_accept4")
-int dt_exit_accept4(struct sys_exit_ctx *ctx)
-{
-	accepted(ctx->ret);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_close")
-int dt_enter_close(struct sys_enter_ctx *ctx)
-{
-	__u64 id = bpf_get_current_pid_tgid();
-	struct conn_key key = { .tgid = id >> 32, .fd = ctx->args[0] };
-	struct conn *c = bpf_map_lookup_elem(&conns, &key);
-	if (c) {
-		emit_close(c, key.tgid);
-		bpf_map_delete_elem(&conns, &key);
-	}
-	bpf_map_delete_elem(&roles, &key);
 	return 0;
 }

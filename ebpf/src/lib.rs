@@ -66,6 +66,9 @@ pub mod gap {
     pub const READ_FAILED: u8 = 3;
     /// Beyond the iovec entries looked at.
     pub const IOV_LIMIT: u8 = 4;
+    /// Moved by a path the capture does not copy (sendfile, splice, io_uring, sendmmsg,
+    /// a kernel thread).
+    pub const OTHER_PATH: u8 = 5;
 }
 
 /// `enum dt_syscall`: the syscall that moved the bytes.
@@ -120,12 +123,14 @@ pub mod stat {
     pub const RB_FULL_BYTES: u32 = 4;
     /// Bytes the kernel could not copy from user memory.
     pub const READ_FAILED: u32 = 5;
-    /// Syscalls not tracked because the `active` map was full.
+    /// Unused since the capture hooks socket tracepoints (always 0).
     pub const ACTIVE_FULL: u32 = 6;
     /// Connections not tracked because the `conns` map was full.
     pub const CONN_FULL: u32 = 7;
     /// Open, close or gap events that found no room in the ring buffer.
     pub const CONTROL_LOST: u32 = 8;
+    /// Bytes of known connections moved by a path the capture does not copy.
+    pub const OTHER_PATH: u32 = 9;
 }
 /// Number of stats slots.
 pub const STAT_SLOTS: u32 = 16;
@@ -146,29 +151,13 @@ pub mod maps {
     pub const FILTER_PORTS: &str = "filter_ports";
 }
 
-/// The tracepoints the object attaches to: (program name, category, tracepoint).
+/// The tracepoints the object attaches to, as raw tracepoints: (program name, category,
+/// tracepoint). Only socket tracepoints: no syscall tracepoint, so syscalls that move no bytes
+/// on a socket pay nothing.
 pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("dt_enter_read", "syscalls", "sys_enter_read"),
-    ("dt_enter_write", "syscalls", "sys_enter_write"),
-    ("dt_enter_readv", "syscalls", "sys_enter_readv"),
-    ("dt_enter_writev", "syscalls", "sys_enter_writev"),
-    ("dt_enter_sendto", "syscalls", "sys_enter_sendto"),
-    ("dt_enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
-    ("dt_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
-    ("dt_enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
-    ("dt_exit_read", "syscalls", "sys_exit_read"),
-    ("dt_exit_write", "syscalls", "sys_exit_write"),
-    ("dt_exit_readv", "syscalls", "sys_exit_readv"),
-    ("dt_exit_writev", "syscalls", "sys_exit_writev"),
-    ("dt_exit_sendto", "syscalls", "sys_exit_sendto"),
-    ("dt_exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
-    ("dt_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
-    ("dt_exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
-    ("dt_enter_connect", "syscalls", "sys_enter_connect"),
-    ("dt_exit_connect", "syscalls", "sys_exit_connect"),
-    ("dt_exit_accept", "syscalls", "sys_exit_accept"),
-    ("dt_exit_accept4", "syscalls", "sys_exit_accept4"),
-    ("dt_enter_close", "syscalls", "sys_enter_close"),
+    ("dt_sock_send", "sock", "sock_send_length"),
+    ("dt_sock_recv", "sock", "sock_recv_length"),
+    ("dt_sock_state", "sock", "inet_sock_set_state"),
 ];
 
 /// `struct dt_header`: first bytes of every event.

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::{ProgramError, TracePoint};
+use aya::programs::{ProgramError, RawTracePoint};
 use aya::{Ebpf, EbpfLoader};
 use deetune_ebpf as abi;
 use tokio::io::unix::AsyncFd;
@@ -166,7 +166,7 @@ impl Capture {
         let mut ebpf = me.ebpf;
 
         for &(prog, category, name) in abi::TRACEPOINTS {
-            let p: &mut TracePoint = ebpf
+            let p: &mut RawTracePoint = ebpf
                 .program_mut(prog)
                 .ok_or_else(|| CaptureError::Verifier {
                     program: prog.into(),
@@ -190,7 +190,7 @@ impl Capture {
                     log: other.to_string(),
                 },
             })?;
-            p.attach(category, name)
+            p.attach(name)
                 .map_err(|e| CaptureError::TracepointMissing {
                     category: category.into(),
                     name: name.into(),
@@ -312,6 +312,7 @@ impl Capture {
                     active_table_full: get(abi::stat::ACTIVE_FULL),
                     conn_table_full: get(abi::stat::CONN_FULL),
                     control_events_lost: get(abi::stat::CONTROL_LOST),
+                    other_path_bytes: get(abi::stat::OTHER_PATH),
                 };
             }
         }

@@ -11,19 +11,22 @@ pub struct KernelLosses {
     pub ring_full_bytes: u64,
     /// Bytes the kernel could not copy from the process's memory.
     pub read_failed_bytes: u64,
-    /// Syscalls not tracked because the in-flight table was full.
+    /// Unused since the capture hooks socket tracepoints (always 0; kept for the JSON shape).
     pub active_table_full: u64,
     /// Connections not tracked because the connection table was full.
     pub conn_table_full: u64,
     /// Open/close/gap events that found no room in the ring buffer.
     pub control_events_lost: u64,
+    /// Bytes of captured connections moved by a path the capture does not copy (sendfile,
+    /// splice, io_uring, sendmmsg, kernel threads); reported as gaps.
+    pub other_path_bytes: u64,
 }
 
 impl KernelLosses {
     /// Payload bytes lost for any reason.
     #[must_use]
     pub fn lost_bytes(&self) -> u64 {
-        self.over_cap_bytes + self.ring_full_bytes + self.read_failed_bytes
+        self.over_cap_bytes + self.ring_full_bytes + self.read_failed_bytes + self.other_path_bytes
     }
 }
 
