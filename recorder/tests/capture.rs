@@ -164,6 +164,28 @@ fn env_usize(k: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The client sends `n` bytes of a file with sendfile (a path the capture does not copy);
+/// the server reads them with `recv`.
+fn sendfile_exchange(c: i32, s: i32, n: usize, recv: &str) {
+    let path = std::env::temp_dir().join(format!("dt-sendfile-{}", std::process::id()));
+    let data = pattern(777, n);
+    std::fs::write(&path, &data).expect("write temp file");
+    let f = std::fs::File::open(&path).expect("open temp file");
+    let mut sent = 0;
+    while sent < n {
+        // SAFETY: valid fds; a null offset uses the file position.
+        let rc = unsafe { libc::sendfile(c, f.as_raw_fd(), std::ptr::null_mut(), n - sent) };
+        sent += check(rc, "sendfile");
+    }
+    let got = recv_exact(s, n, recv);
+    assert!(
+        got == data,
+        "server received other bytes than sendfile sent"
+    );
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+}
+
 /// Not a test of its own: the traffic generator the other tests run as a child process.
 #[test]
 fn child_traffic_helper() {
@@ -227,6 +249,9 @@ fn child_traffic_helper() {
                 back == answer,
                 "client received other bytes than the server sent"
             );
+            if let Ok(n) = std::env::var("DT_SENDFILE") {
+                sendfile_exchange(c, s, n.parse().expect("DT_SENDFILE"), recv);
+            }
             if std::env::var("DT_EXIT_WITHOUT_CLOSE").is_ok() {
                 println!("done");
                 std::io::stdout().flush().expect("flush");
@@ -252,6 +277,7 @@ struct Seen {
 
 struct Run {
     conns: Vec<Seen>,
+    stats: deetune_recorder::CaptureStats,
     ports: Vec<u16>,
     child_pid: u32,
 }
@@ -388,15 +414,18 @@ async fn capture_child(
         "child failed: {status} {out}"
     );
     let stats = cap.stats();
-    assert_eq!(
-        stats.kernel.lost_bytes(),
-        0,
-        "kernel counted losses: {stats:?}"
-    );
+    if !envs.iter().any(|(k, _)| *k == "DT_SENDFILE") {
+        assert_eq!(
+            stats.kernel.lost_bytes(),
+            0,
+            "kernel counted losses: {stats:?}"
+        );
+    }
     let mut conns: Vec<Seen> = conns.into_values().collect();
     conns.sort_by_key(|c| c.info.id);
     Run {
         conns,
+        stats,
         ports,
         child_pid,
     }
@@ -565,6 +594,39 @@ async fn a_process_that_exits_without_close_is_reported_closed() {
     let run = capture_child(&envs, 256 * 1024, no_filter).await;
     // assert_exact checks that both ends are reported closed.
     assert_exact(&run, 1000, 1, 500, 1);
+}
+
+#[tokio::test]
+async fn bytes_sent_by_sendfile_are_a_counted_gap_not_silently_missing() {
+    require_root!();
+    let n = 5000usize;
+    let envs = [("DT_SENDFILE", n.to_string())];
+    let run = capture_child(&envs, 256 * 1024, no_filter).await;
+    assert_eq!(run.conns.len(), 2, "one connection, both ends");
+    let gaps: u64 = run.conns.iter().map(|c| c.gaps).sum();
+    assert_eq!(
+        gaps, n as u64,
+        "the sendfile bytes are one gap on the sender's side"
+    );
+    assert_eq!(
+        run.stats.kernel.other_path_bytes, n as u64,
+        "{:?}",
+        run.stats
+    );
+    for c in &run.conns {
+        // The sender's request stream: the write, then the gap. The receiver read all of it.
+        let mut want = pattern(0, 1000);
+        if c.gaps == 0 {
+            want.extend_from_slice(&pattern(777, n));
+        }
+        assert!(c.request == want, "request bytes differ on {:?}", c.info);
+        assert!(
+            c.response == pattern(999, 500),
+            "response differs on {:?}",
+            c.info
+        );
+        assert!(c.closed, "not reported closed: {:?}", c.info);
+    }
 }
 
 #[test]
