@@ -521,3 +521,105 @@ fn daemon_killed_with_sigkill_keeps_tasks_and_flushed_exchanges() {
     let _ = daemon.kill();
     daemon.wait().expect("wait");
 }
+
+// ---------------------------------------------------------------- hyper service
+
+/// The demo shop (a hyper HTTP/1.1 service) named `checkout`, when this binary is re-run as
+/// a child with `DT_SHOP=1`; it prints `listening 127.0.0.1:PORT` and dies with its stdin.
+#[test]
+fn child_shop() {
+    if std::env::var_os("DT_SHOP").is_none() {
+        return;
+    }
+    let config = deetune_fixtures::ShopConfig {
+        version: deetune_fixtures::ShopVersion::V1,
+        redis: None,
+        mysql: None,
+    };
+    deetune_fixtures::run_shop_process("checkout", &config, 0, true).expect("shop");
+}
+
+#[test]
+fn hyper_service_exchanges_and_topology_counts() {
+    require_root!();
+    use std::io::BufRead as _;
+    let mut shop = Command::new(std::env::current_exe().expect("exe"))
+        .args(["--exact", "child_shop", "--nocapture", "--test-threads=1"])
+        .env("DT_SHOP", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn shop");
+    let mut lines = std::io::BufReader::new(shop.stdout.take().expect("stdout")).lines();
+    let port: u16 = loop {
+        let line = lines.next().expect("shop output").expect("line");
+        // The harness prints `test child_shop ... ` first, on the same line.
+        if let Some(addr) = line.split("listening ").nth(1) {
+            break addr
+                .rsplit(':')
+                .next()
+                .expect("port")
+                .parse()
+                .expect("port");
+        }
+    };
+    let spec = TaskSpec {
+        from: Some("curl".into()),
+        to: Some("checkout".into()),
+        duration_secs: Some(3),
+        ..TaskSpec::default()
+    };
+    let (task, sink, _) = record_with(spec, &[], port, Duration::from_secs(20), move || {
+        let base = format!("http://127.0.0.1:{port}");
+        for _ in 0..3 {
+            run(
+                "curl",
+                &["-s", "-o", "/dev/null", &format!("{base}/api/health")],
+            );
+        }
+        run(
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                &format!("{base}/api/products"),
+                "--next",
+                "-s",
+                "-o",
+                "/dev/null",
+                &format!("{base}/api/nope"),
+            ],
+        );
+    });
+    drop(shop.stdin.take());
+    let _ = shop.kill();
+    let _ = shop.wait();
+    let recorded = sink.exchanges.lock().unwrap().clone();
+    let names: Vec<String> = recorded.iter().map(|(_, e)| e.interface()).collect();
+    assert_eq!(
+        names,
+        [
+            "GET /api/health",
+            "GET /api/health",
+            "GET /api/health",
+            "GET /api/products",
+            "GET /api/nope"
+        ],
+        "{task:?}"
+    );
+    assert_eq!(task.stats.recorded, 5);
+    for (_, ex) in &recorded {
+        assert_eq!(ex.conn.server.service.as_deref(), Some("checkout"));
+        assert_eq!(ex.conn.server.port, port);
+        assert!(ex.response.is_some(), "answered");
+    }
+    let edges = sink.edges.lock().unwrap().clone();
+    let e = edges
+        .iter()
+        .find(|e| e.client == "curl" && e.server == "checkout")
+        .expect("edge curl → checkout");
+    assert_eq!((e.connections, e.exchanges, e.port), (4, 5, port), "{e:?}");
+    assert!(e.p50_us > 0 && e.p99_us >= e.p50_us, "{e:?}");
+    assert!(e.bytes_sent > 0 && e.bytes_received > 0);
+}
