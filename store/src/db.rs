@@ -214,6 +214,135 @@ fn open_block(value: &[u8]) -> Result<Vec<u8>, StoreError> {
     zstd::bulk::decompress(packed, len).map_err(|e| corrupt(e.to_string()))
 }
 
+type DecodedItem = Result<(ExchangeId, Exchange), StoreError>;
+type BlockItem = Result<(u64, sled::IVec), StoreError>;
+
+/// Most threads one read (or import) of a task decodes on.
+const DECODE_THREADS_MAX: usize = 4;
+/// Blocks an import appends per sled batch.
+const IMPORT_APPEND_BLOCKS: usize = 4;
+
+/// The exchanges of one stored block (or the error that stopped reading it).
+fn decode_block(item: BlockItem) -> Vec<DecodedItem> {
+    let (first, block) = match item {
+        Ok(b) => b,
+        Err(e) => return vec![Err(e)],
+    };
+    let body = match open_block(&block) {
+        Ok(body) => body,
+        Err(e) => return vec![Err(e)],
+    };
+    body.split(|&b| b == b'\n')
+        .zip(first..)
+        .map(|(line, id)| {
+            serde_json::from_slice(line)
+                .map(|x| (ExchangeId(id), x))
+                .map_err(|e| StoreError::Corrupt {
+                    what: format!("exchange {id}"),
+                    detail: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// Blocks decoded on worker threads, yielded in stored order: a feeder thread scans the
+/// blocks and deals them round-robin to the workers; the iterator takes the results from the
+/// workers in the same round-robin order. Channels hold one block each, so a few blocks are
+/// in memory at a time; when the iterator is dropped every thread's next send fails and it
+/// ends.
+struct ParallelDecode {
+    results: Vec<std::sync::mpsc::Receiver<Vec<DecodedItem>>>,
+    next: usize,
+}
+
+impl ParallelDecode {
+    /// Starts the threads; gives the blocks back when a thread cannot be started.
+    fn spawn<I>(blocks: I, workers: usize) -> Result<Self, (std::io::Error, Box<I>)>
+    where
+        I: Iterator<Item = BlockItem> + Send + 'static,
+    {
+        use std::sync::mpsc::sync_channel;
+        let mut inputs = Vec::with_capacity(workers);
+        let mut results = Vec::with_capacity(workers);
+        for n in 0..workers {
+            let (in_tx, in_rx) = sync_channel::<BlockItem>(1);
+            let (out_tx, out_rx) = sync_channel::<Vec<DecodedItem>>(1);
+            let spawned = std::thread::Builder::new()
+                .name(format!("store-decode-{n}"))
+                .spawn(move || {
+                    for item in in_rx {
+                        // Decoding does not panic on any input; should it anyway, the
+                        // reader gets an error in place of the block, not a short read.
+                        let decoded =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                decode_block(item)
+                            }))
+                            .unwrap_or_else(|_| {
+                                vec![Err(StoreError::Corrupt {
+                                    what: "exchange block".to_owned(),
+                                    detail: "decoding panicked".to_owned(),
+                                })]
+                            });
+                        if out_tx.send(decoded).is_err() {
+                            break;
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                // Started workers end when `inputs` is dropped.
+                return Err((e, Box::new(blocks)));
+            }
+            inputs.push(in_tx);
+            results.push(out_rx);
+        }
+        // The feeder owns the scan; if it cannot start, the workers end (inputs dropped).
+        let feeder = std::sync::Arc::new(std::sync::Mutex::new(Some(blocks)));
+        let scan = std::sync::Arc::clone(&feeder);
+        let spawned = std::thread::Builder::new()
+            .name("store-scan".to_owned())
+            .spawn(move || {
+                let Some(blocks) = scan
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take()
+                else {
+                    return;
+                };
+                for (item, to) in blocks.zip(inputs.iter().cycle()) {
+                    if to.send(item).is_err() {
+                        break;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            let blocks = feeder
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(blocks) = blocks {
+                return Err((e, Box::new(blocks)));
+            }
+        }
+        Ok(Self { results, next: 0 })
+    }
+}
+
+impl Iterator for ParallelDecode {
+    type Item = Vec<DecodedItem>;
+
+    fn next(&mut self) -> Option<Vec<DecodedItem>> {
+        let rx = self.results.get(self.next)?;
+        self.next = (self.next + 1) % self.results.len();
+        // A worker that ends without a block for this turn means the scan ended (blocks are
+        // dealt in order, so no later block exists either).
+        let block = rx.recv().ok();
+        if block.is_none() {
+            self.results.clear();
+        }
+        block
+    }
+}
+
 fn check_task_id(id: &str) -> Result<(), StoreError> {
     let bad = |reason| {
         Err(StoreError::InvalidTaskId {
@@ -649,33 +778,30 @@ impl Store {
         Ok(ids)
     }
 
-    /// A task's exchanges in recorded order, streamed (one stored block of at most
-    /// `BLOCK_MAX` exchanges in memory at a time).
+    /// A task's exchanges in recorded order, streamed: blocks of at most `BLOCK_MAX`
+    /// exchanges are decompressed and decoded ahead on background threads (one per core, at
+    /// most [`DECODE_THREADS_MAX`]), a few blocks in memory at a time. Dropping the iterator
+    /// stops them.
     pub fn exchanges(
         &self,
         task_id: &str,
     ) -> impl Iterator<Item = Result<(ExchangeId, Exchange), StoreError>> + Send + 'static {
-        self.blocks(task_id).flat_map(|item| {
-            let decoded: Vec<Result<(ExchangeId, Exchange), StoreError>> = match item {
-                Err(e) => vec![Err(e)],
-                Ok((first, block)) => match open_block(&block) {
-                    Err(e) => vec![Err(e)],
-                    Ok(body) => body
-                        .split(|&b| b == b'\n')
-                        .zip(first..)
-                        .map(|(line, id)| {
-                            serde_json::from_slice(line)
-                                .map(|x| (ExchangeId(id), x))
-                                .map_err(|e| StoreError::Corrupt {
-                                    what: format!("exchange {id}"),
-                                    detail: e.to_string(),
-                                })
-                        })
-                        .collect(),
-                },
-            };
-            decoded
-        })
+        let blocks = self.blocks(task_id);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(DECODE_THREADS_MAX);
+        let decoded: Box<dyn Iterator<Item = Vec<DecodedItem>> + Send> = if threads < 2 {
+            Box::new(blocks.map(decode_block))
+        } else {
+            match ParallelDecode::spawn(blocks, threads) {
+                Ok(p) => Box::new(p),
+                Err((e, blocks)) => {
+                    tracing::debug!(error = %e, "No decoding threads; decoding inline.");
+                    Box::new(blocks.map(decode_block))
+                }
+            }
+        };
+        decoded.flatten()
     }
 
     /// A task's stored blocks: (first exchange id, value).
@@ -928,62 +1054,96 @@ impl Store {
         })
     }
 
-    /// Reads the bundle in blocks, parses (validates) two blocks at a time on two threads,
-    /// and appends them. Lines are stored as read, so a re-export gives the bundle's own
-    /// bytes back. The first bad line in file order is the error.
+    /// Reads the bundle in blocks on one thread, validates (parses every line) and compresses
+    /// blocks on worker threads (one per core, at most [`DECODE_THREADS_MAX`]), and appends
+    /// them in file order on this one. Lines are stored as read, so a re-export gives the
+    /// bundle's own bytes back. The first bad line in file order is the error.
     fn import_exchanges(
         &self,
         task_id: &str,
         reader: &mut crate::BundleReader,
     ) -> Result<u64, ImportFailure> {
-        let mut count = 0u64;
-        loop {
-            let mut chunks = [ImportChunk::new(), ImportChunk::new()];
-            let mut read_error = None;
-            let mut ended = false;
-            'fill: for chunk in &mut chunks {
-                chunk.first_line = reader.line() + 1;
-                while !chunk.block.is_full() {
-                    match reader.next_exchange_line() {
-                        Ok(Some(line)) => chunk.block.start_line().extend_from_slice(line),
-                        Ok(None) => {
-                            ended = true;
-                            break 'fill;
+        use std::sync::mpsc::sync_channel;
+        type Sealed = Result<(Vec<u8>, u64), ImportFailure>;
+        let workers = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .clamp(1, DECODE_THREADS_MAX);
+        let path = reader.path().to_path_buf();
+        std::thread::scope(|s| {
+            let mut inputs = Vec::with_capacity(workers);
+            let mut results = Vec::with_capacity(workers);
+            for _ in 0..workers {
+                let (in_tx, in_rx) = sync_channel::<Result<ImportChunk, crate::BundleError>>(1);
+                let (out_tx, out_rx) = sync_channel::<Sealed>(1);
+                let path = &path;
+                s.spawn(move || {
+                    for chunk in in_rx {
+                        let sealed = match chunk {
+                            Err(e) => Err(ImportFailure::Bundle(e)),
+                            Ok(mut chunk) => match chunk.validate(path) {
+                                Err(e) => Err(ImportFailure::Bundle(e)),
+                                Ok(()) => chunk.block.seal().map_err(ImportFailure::Store),
+                            },
+                        };
+                        if out_tx.send(sealed).is_err() {
+                            break;
                         }
-                        Err(e) => {
-                            read_error = Some(e);
-                            break 'fill;
+                    }
+                });
+                inputs.push(in_tx);
+                results.push(out_rx);
+            }
+            s.spawn(move || {
+                let mut to = inputs.iter().cycle();
+                let mut send = |item| to.next().is_some_and(|tx| tx.send(item).is_ok());
+                loop {
+                    let mut chunk = ImportChunk::new();
+                    chunk.first_line = reader.line() + 1;
+                    let mut last = None;
+                    while !chunk.block.is_full() {
+                        match reader.next_exchange_line() {
+                            Ok(Some(line)) => chunk.block.start_line().extend_from_slice(line),
+                            Ok(None) => {
+                                last = Some(Ok(()));
+                                break;
+                            }
+                            Err(e) => {
+                                last = Some(Err(e));
+                                break;
+                            }
+                        }
+                    }
+                    if chunk.block.count > 0 && !send(Ok(chunk)) {
+                        return;
+                    }
+                    match last {
+                        None => {}
+                        Some(Ok(())) => return,
+                        Some(Err(e)) => {
+                            send(Err(e));
+                            return;
                         }
                     }
                 }
-            }
-            let path = reader.path();
-            let (a, b) = std::thread::scope(|s| {
-                let [first, second] = &chunks;
-                let worker = s.spawn(|| first.validate(path));
-                let b = second.validate(path);
-                let a = worker
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                (a, b)
             });
-            a.and(b).map_err(ImportFailure::Bundle)?;
-            if let Some(e) = read_error {
-                return Err(ImportFailure::Bundle(e));
-            }
-            let mut blocks = Vec::with_capacity(2);
-            for chunk in &mut chunks {
-                if chunk.block.count > 0 {
-                    count += chunk.block.count;
-                    blocks.push(chunk.block.seal().map_err(ImportFailure::Store)?);
+            // Results in file order: blocks were dealt round-robin. A worker that ends
+            // without a result for its turn means the reader ended.
+            let mut count = 0u64;
+            let mut blocks = Vec::with_capacity(IMPORT_APPEND_BLOCKS);
+            for rx in results.iter().cycle() {
+                let Ok(sealed) = rx.recv() else { break };
+                let (block, n) = sealed?;
+                count += n;
+                blocks.push((block, n));
+                if blocks.len() >= IMPORT_APPEND_BLOCKS {
+                    self.append_blocks(task_id, std::mem::take(&mut blocks))
+                        .map_err(ImportFailure::Store)?;
                 }
             }
             self.append_blocks(task_id, blocks)
                 .map_err(ImportFailure::Store)?;
-            if ended {
-                return Ok(count);
-            }
-        }
+            Ok(count)
+        })
     }
 }
 
