@@ -163,7 +163,8 @@ struct conn {
 	__u16 lport;
 	__u16 rport;
 	__u8 role;
-	__u8 _pad[3];
+	__u8 announced; /* 0: seen but filtered out by port (or its open event was lost) */
+	__u8 _pad[2];
 };
 
 struct dt_config {
@@ -359,19 +360,26 @@ static __always_inline int emit_open(struct conn *c, struct sock *sk, __u32 tgid
 	return 0;
 }
 
+/* Announces a stored connection not yet announced; returns whether it is announced now. */
+static __always_inline int announce(struct conn *c, struct sock *sk, __u32 tgid, __u32 fd)
+{
+	if (c->announced)
+		return 1;
+	if (emit_open(c, sk, tgid, fd))
+		return 0;
+	c->announced = 1;
+	return 1;
+}
+
 /*
- * A new connection for `skp`, first seen by (tgid, fd) (already checked to name it): stored
- * and announced, or 0 when its ports are filtered out (nothing stored: it is looked at again
- * at its next data event, so a later port allow-list change applies) or a table is full.
+ * A new connection for `skp`, first seen by (tgid, fd) (already checked to name it). Stored
+ * even when its ports are filtered out (not announced, positions not advanced) so later data
+ * on it costs one lookup; announced as soon as the port filter lets it through.
  */
 static __always_inline struct conn *new_conn(struct dt_config *cfg, __u32 tgid, __u32 fd,
 					     __u64 skp)
 {
 	struct sock *sk = (struct sock *)skp;
-	__u16 lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	__u16 rport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	if (!ports_allowed(cfg, lport, rport))
-		return 0;
 	struct conn nc = {};
 	__u32 zero = 0;
 	__u64 *ids = bpf_map_lookup_elem(&next_id, &zero);
@@ -380,16 +388,13 @@ static __always_inline struct conn *new_conn(struct dt_config *cfg, __u32 tgid, 
 	nc.id = __sync_fetch_and_add(ids, 1) + 1;
 	nc.tgid = tgid;
 	nc.fd = fd;
-	nc.lport = lport;
-	nc.rport = rport;
+	nc.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	nc.rport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	__u8 *role = bpf_map_lookup_elem(&roles, &skp);
 	if (role) {
 		nc.role = *role;
 		bpf_map_delete_elem(&roles, &skp);
 	}
-	/* Announce first: a connection is only stored once user space knows it. */
-	if (emit_open(&nc, sk, tgid, fd))
-		return 0;
 	if (bpf_map_update_elem(&conns, &skp, &nc, BPF_NOEXIST)) {
 		/* Another CPU stored it first (or the table is full): use what is there. */
 		struct conn *c = bpf_map_lookup_elem(&conns, &skp);
@@ -479,19 +484,23 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 	if (!tgid_allowed(cfg, tgid))
 		return;
 	struct conn *c = bpf_map_lookup_elem(&conns, &skp);
-	if (!c && !is_tcp((struct sock *)skp))
+	if (c) {
+		if (!c->announced && !ports_allowed(cfg, c->lport, c->rport))
+			return; /* a known socket the port filter keeps out: one lookup, done */
+	} else if (!is_tcp((struct sock *)skp)) {
 		return;
+	}
 
 	/* Which syscall moved the bytes, and where they are in user memory. */
 	struct task_struct *task = bpf_get_current_task_btf();
-	__u32 tflags = BPF_CORE_READ(task, flags);
 	__u64 nr = ~0ULL, fd = 0, buf = 0, arg2 = 0;
-	if (!(tflags & (PF_KTHREAD | PF_IO_WORKER))) {
+	/* Direct (BTF-checked) loads: no helper call per field. */
+	if (!(task->flags & (PF_KTHREAD | PF_IO_WORKER))) {
 		struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
-		nr = BPF_CORE_READ(regs, orig_ax);
-		fd = BPF_CORE_READ(regs, di);
-		buf = BPF_CORE_READ(regs, si);
-		arg2 = BPF_CORE_READ(regs, dx);
+		nr = regs->orig_ax;
+		fd = regs->di;
+		buf = regs->si;
+		arg2 = regs->dx;
 	}
 	__u8 syscall = 0;
 	__u32 iovcnt = 0; /* 0: plain buffer */
@@ -538,7 +547,7 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 	}
 	if (!syscall) {
 		/* Another path (sendfile, splice, io_uring, kernel): a gap on known connections. */
-		if (c) {
+		if (c && c->announced) {
 			__u64 p = __sync_fetch_and_add(&c->pos[dir & 1], (__u64)ret);
 			count(DT_ST_OTHER_PATH, ret);
 			if (ports_allowed(cfg, c->lport, c->rport))
@@ -551,6 +560,9 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 		if (!c)
 			return;
 	}
+	if (!c->announced &&
+	    (!ports_allowed(cfg, c->lport, c->rport) || !announce(c, (struct sock *)skp, tgid, fd)))
+		return;
 	dir &= 1;
 	__u64 total = ret;
 	__u64 pos0 = __sync_fetch_and_add(&c->pos[dir], total);
@@ -619,7 +631,8 @@ int dt_sock_state(struct bpf_raw_tracepoint_args *ctx)
 	} else if (newstate == TCP_CLOSE) {
 		struct conn *c = bpf_map_lookup_elem(&conns, &sk);
 		if (c) {
-			emit_close(c);
+			if (c->announced)
+				emit_close(c);
 			bpf_map_delete_elem(&conns, &sk);
 		}
 		bpf_map_delete_elem(&roles, &sk);
