@@ -529,7 +529,7 @@ impl BundleReader {
     fn advance(&mut self) -> Result<Option<Exchange>, BundleError> {
         let parsed = match self.next_exchange_line()? {
             None => return Ok(None),
-            Some(line) => serde_json::from_slice::<Exchange>(line),
+            Some(line) => crate::codec::from_json_line::<Exchange>(line),
         };
         parsed.map(Some).map_err(|source| BundleError::BadRecord {
             path: self.path.clone(),

@@ -235,7 +235,7 @@ fn decode_block(item: BlockItem) -> Vec<DecodedItem> {
     body.split(|&b| b == b'\n')
         .zip(first..)
         .map(|(line, id)| {
-            serde_json::from_slice(line)
+            codec::from_json_line::<Exchange>(line)
                 .map(|x| (ExchangeId(id), x))
                 .map_err(|e| StoreError::Corrupt {
                     what: format!("exchange {id}"),
@@ -852,7 +852,7 @@ impl Store {
             .split(|&b| b == b'\n')
             .nth(usize::try_from(id.0 - first).unwrap_or(usize::MAX))
             .ok_or_else(missing)?;
-        let x = serde_json::from_slice(line).map_err(|e| StoreError::Corrupt {
+        let x = codec::from_json_line(line).map_err(|e| StoreError::Corrupt {
             what: format!("exchange {id}"),
             detail: e.to_string(),
         })?;
@@ -1171,7 +1171,7 @@ impl ImportChunk {
             .split(|&b| b == b'\n')
             .zip(self.first_line..)
         {
-            if let Err(source) = serde_json::from_slice::<Exchange>(line) {
+            if let Err(source) = codec::from_json_line::<Exchange>(line) {
                 return Err(crate::BundleError::BadRecord {
                     path: path.to_path_buf(),
                     line: no,

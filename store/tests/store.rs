@@ -186,12 +186,29 @@ fn data_dir_is_created_private() {
     assert_eq!(mode & 0o777, 0o700);
 }
 
+/// The store's sled database, opened without the store. sled releases its file lock when its
+/// background thread ends, shortly after the store is dropped (later on a loaded machine):
+/// retry for a while.
+fn open_sled_directly(dir: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(dir.join("db")) {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("sled not released yet: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 #[test]
 fn newer_store_format_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     drop(Store::open(tmp.path()).unwrap());
     {
-        let db = sled::open(tmp.path().join("db")).unwrap();
+        let db = open_sled_directly(tmp.path());
         db.open_tree("meta")
             .unwrap()
             .insert("format", &99u32.to_be_bytes())
@@ -216,7 +233,7 @@ fn newer_record_version_is_refused() {
             .unwrap();
     }
     {
-        let db = sled::open(tmp.path().join("db")).unwrap();
+        let db = open_sled_directly(tmp.path());
         let tasks = db.open_tree("tasks").unwrap();
         let mut v = tasks.get("t-1").unwrap().unwrap().to_vec();
         v[0] = 7;
