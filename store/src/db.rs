@@ -232,10 +232,10 @@ fn decode_block(item: BlockItem) -> Vec<DecodedItem> {
         Ok(body) => body,
         Err(e) => return vec![Err(e)],
     };
-    body.split(|&b| b == b'\n')
+    codec::json_lines::<Exchange>(&body)
         .zip(first..)
-        .map(|(line, id)| {
-            codec::from_json_line::<Exchange>(line)
+        .map(|(parsed, id)| {
+            parsed
                 .map(|x| (ExchangeId(id), x))
                 .map_err(|e| StoreError::Corrupt {
                     what: format!("exchange {id}"),
@@ -1165,13 +1165,9 @@ impl ImportChunk {
         if self.block.count == 0 {
             return Ok(());
         }
-        for (line, no) in self
-            .block
-            .lines
-            .split(|&b| b == b'\n')
-            .zip(self.first_line..)
+        for (parsed, no) in codec::json_lines::<Exchange>(&self.block.lines).zip(self.first_line..)
         {
-            if let Err(source) = codec::from_json_line::<Exchange>(line) {
+            if let Err(source) = parsed {
                 return Err(crate::BundleError::BadRecord {
                     path: path.to_path_buf(),
                     line: no,
