@@ -306,9 +306,9 @@ pub(crate) fn run(global: &Global, command: Command) -> anyhow::Result<ExitCode>
                     .context("cannot read the tasks")?,
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&tasks)?);
+                out(&format!("{}\n", serde_json::to_string_pretty(&tasks)?))?;
             } else {
-                print_table(&tasks);
+                print_table(&tasks)?;
             }
         }
         Command::Show { id, socket, json } => {
@@ -382,8 +382,11 @@ fn state(t: &TaskRecord) -> &'static str {
     }
 }
 
-fn print_table(tasks: &[TaskRecord]) {
-    println!(
+fn print_table(tasks: &[TaskRecord]) -> std::io::Result<()> {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
         "{:<20} {:<12} {:<11} {:>9} {:>9} {:>9} {:>9}  POLICY",
         "ID", "NAME", "STATE", "MATCHED", "RECORDED", "DROPPED", "TRUNC"
     );
@@ -391,7 +394,8 @@ fn print_table(tasks: &[TaskRecord]) {
         let s = &t.stats;
         let dropped =
             s.dropped_gap + s.dropped_ring_buffer + s.dropped_body_over_cap + s.dropped_sampling;
-        println!(
+        let _ = writeln!(
+            o,
             "{:<20} {:<12} {:<11} {:>9} {:>9} {:>9} {:>9}  {}",
             t.id,
             t.spec.name.as_deref().unwrap_or("-"),
@@ -403,6 +407,7 @@ fn print_table(tasks: &[TaskRecord]) {
             policy_summary(&t.spec)
         );
     }
+    out(&o)
 }
 
 fn policy_summary(s: &TaskSpec) -> String {
@@ -428,12 +433,15 @@ fn policy_summary(s: &TaskSpec) -> String {
 
 /// Prints one task as text (or JSON).
 pub(crate) fn print_one(t: &TaskRecord, json: bool) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
     if json {
-        println!("{}", serde_json::to_string_pretty(t)?);
+        out(&format!("{}\n", serde_json::to_string_pretty(t)?))?;
         return Ok(());
     }
+    let mut o = String::new();
     let s = &t.stats;
-    println!(
+    let _ = writeln!(
+        o,
         "task      {}{}",
         t.id,
         t.spec
@@ -442,7 +450,8 @@ pub(crate) fn print_one(t: &TaskRecord, json: bool) -> anyhow::Result<()> {
             .map(|n| format!(" ({n})"))
             .unwrap_or_default()
     );
-    println!(
+    let _ = writeln!(
+        o,
         "state     {}{}",
         state(t),
         t.stop_reason
@@ -450,10 +459,11 @@ pub(crate) fn print_one(t: &TaskRecord, json: bool) -> anyhow::Result<()> {
             .map(|r| format!(" ({r})"))
             .unwrap_or_default()
     );
-    println!("policy    {}", policy_summary(&t.spec));
-    println!("matched   {}", s.matched);
-    println!("recorded  {}", s.recorded);
-    println!(
+    let _ = writeln!(o, "policy    {}", policy_summary(&t.spec));
+    let _ = writeln!(o, "matched   {}", s.matched);
+    let _ = writeln!(o, "recorded  {}", s.recorded);
+    let _ = writeln!(
+        o,
         "dropped   {} (gap {}, ring buffer {}, body over cap {}, sampling {})",
         s.dropped_gap + s.dropped_ring_buffer + s.dropped_body_over_cap + s.dropped_sampling,
         s.dropped_gap,
@@ -461,8 +471,17 @@ pub(crate) fn print_one(t: &TaskRecord, json: bool) -> anyhow::Result<()> {
         s.dropped_body_over_cap,
         s.dropped_sampling
     );
-    println!("truncated {}", s.truncated);
+    let _ = writeln!(o, "truncated {}", s.truncated);
+    out(&o)?;
     Ok(())
+}
+
+/// Writes to stdout; a closed pipe comes back as an error the caller treats as success.
+pub(crate) fn out(s: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut o = std::io::stdout().lock();
+    o.write_all(s.as_bytes())?;
+    o.flush()
 }
 
 #[cfg(test)]

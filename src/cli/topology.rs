@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use deetune_store::TopologyEdge;
 
-use super::task::{daemon, open_store, runtime, SocketArg};
+use super::task::{daemon, open_store, out, runtime, SocketArg};
 use super::Global;
 use crate::exit;
 
@@ -40,9 +40,9 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             .context("cannot read the topology")?,
     };
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&edges)?),
-        Format::Dot => print!("{}", dot(&edges)),
-        Format::Table => print!("{}", table(&edges)),
+        Format::Json => out(&format!("{}\n", serde_json::to_string_pretty(&edges)?))?,
+        Format::Dot => out(&dot(&edges))?,
+        Format::Table => out(&table(&edges))?,
     }
     Ok(exit::success())
 }
