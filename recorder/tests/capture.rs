@@ -249,6 +249,20 @@ fn child_traffic_helper() {
                 back == answer,
                 "client received other bytes than the server sent"
             );
+            if std::env::var("DT_PAUSE").is_ok() {
+                // Wait for the parent (which changes the port filter), then talk again on
+                // the same connection.
+                println!("paused");
+                std::io::stdout().flush().expect("flush");
+                let mut l = String::new();
+                std::io::stdin().read_line(&mut l).expect("resume");
+                let again = pattern(round * 1000 + 500, size);
+                send_all(c, &again, &send);
+                assert!(recv_exact(s, size, recv) == again, "second request differs");
+                let answer = pattern(round * 1000 + 998, reply);
+                send_all(s, &answer, &send);
+                assert!(recv_exact(c, reply, recv) == answer, "second reply differs");
+            }
             if let Ok(n) = std::env::var("DT_SENDFILE") {
                 sendfile_exchange(c, s, n.parse().expect("DT_SENDFILE"), recv);
             }
@@ -352,6 +366,33 @@ async fn capture_child(
         all
     });
 
+    let conns = collect(&mut cap, &mut child).await;
+    let status = child.wait().expect("wait child");
+    let out = done.join().expect("stdout thread");
+    assert!(
+        status.success() && out.contains("done"),
+        "child failed: {status} {out}"
+    );
+    let stats = cap.stats();
+    if !envs.iter().any(|(k, _)| *k == "DT_SENDFILE") {
+        assert_eq!(
+            stats.kernel.lost_bytes(),
+            0,
+            "kernel counted losses: {stats:?}"
+        );
+    }
+    let mut conns: Vec<Seen> = conns.into_values().collect();
+    conns.sort_by_key(|c| c.info.id);
+    Run {
+        conns,
+        stats,
+        ports,
+        child_pid,
+    }
+}
+
+/// Reads the capture's events until the child exited and all its connections closed.
+async fn collect(cap: &mut Capture, child: &mut Child) -> HashMap<u64, Seen> {
     let mut conns: HashMap<u64, Seen> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut exited_at: Option<Instant> = None;
@@ -407,28 +448,7 @@ async fn capture_child(
             }
         }
     }
-    let status = child.wait().expect("wait child");
-    let out = done.join().expect("stdout thread");
-    assert!(
-        status.success() && out.contains("done"),
-        "child failed: {status} {out}"
-    );
-    let stats = cap.stats();
-    if !envs.iter().any(|(k, _)| *k == "DT_SENDFILE") {
-        assert_eq!(
-            stats.kernel.lost_bytes(),
-            0,
-            "kernel counted losses: {stats:?}"
-        );
-    }
-    let mut conns: Vec<Seen> = conns.into_values().collect();
-    conns.sort_by_key(|c| c.info.id);
-    Run {
-        conns,
-        stats,
-        ports,
-        child_pid,
-    }
+    conns
 }
 
 fn no_filter(_: &[u16]) -> Vec<u16> {
@@ -584,6 +604,69 @@ async fn a_port_filter_keeps_other_ports_out() {
             "{:?}",
             c.info
         );
+    }
+}
+
+#[tokio::test]
+async fn a_port_allowed_at_run_time_captures_a_known_connection_from_then_on() {
+    require_root!();
+    let (mut child, mut stdin, mut stdout) = spawn_child(&[("DT_PAUSE", "1".into())]);
+    let mut line = String::new();
+    while !line.contains("ready ") {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).expect("read child") > 0,
+            "child exited"
+        );
+    }
+    let port: u16 = line[line.find("ready ").expect("ready") + 6..]
+        .trim()
+        .parse()
+        .expect("port");
+    let config = CaptureConfig {
+        pids: vec![child.id()],
+        ports: vec![1], // nothing matches: the first exchange is filtered out
+        ..CaptureConfig::default()
+    };
+    let mut cap = Capture::start(config).expect("capture starts");
+    writeln!(stdin, "go").expect("go");
+    while !line.contains("paused") {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).expect("read child") > 0,
+            "child exited"
+        );
+    }
+    // The connection's sockets are known (filtered) in the kernel; now let them through.
+    cap.set_ports(&[port]).expect("set ports");
+    writeln!(stdin, "on").expect("resume");
+    let done = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut all);
+        all
+    });
+    let conns = collect(&mut cap, &mut child).await;
+    assert!(
+        child.wait().expect("wait").success(),
+        "{}",
+        done.join().unwrap_or_default()
+    );
+    assert_eq!(cap.stats().kernel.lost_bytes(), 0, "{:?}", cap.stats());
+    assert_eq!(conns.len(), 2, "both ends, once each");
+    for c in conns.values() {
+        // Only the second exchange, from position 0 of each direction: no gap.
+        assert_eq!(c.gaps, 0, "gaps on {:?}", c.info);
+        assert!(
+            c.request == pattern(500, 1000),
+            "request differs on {:?}",
+            c.info
+        );
+        assert!(
+            c.response == pattern(998, 500),
+            "response differs on {:?}",
+            c.info
+        );
+        assert!(c.closed, "not reported closed: {:?}", c.info);
     }
 }
 
