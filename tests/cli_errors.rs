@@ -54,14 +54,23 @@ fn unknown_ids_and_bad_files_are_refused() {
         &["import", garbage],
         &["import", "/nonexistent/bundle.jsonl"],
         &["replay", garbage, "--target", "http://127.0.0.1:9"],
-        &["replay", "/nonexistent.jsonl", "--target", "http://127.0.0.1:9"],
+        &[
+            "replay",
+            "/nonexistent.jsonl",
+            "--target",
+            "http://127.0.0.1:9",
+        ],
         &["replay", garbage, "--target", "ftp://example"],
     ] {
         assert_clear_error(dir.path(), args);
     }
     // The store is still usable after all that.
     let out = deetune(dir.path(), &["task", "list"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
