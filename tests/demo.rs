@@ -155,7 +155,7 @@ fn interfaces(report: &Value) -> Vec<(String, Value)> {
 #[test]
 fn demo_finds_exactly_the_injected_regression_and_leaves_nothing_behind() {
     if !is_root() {
-        eprintln!("skipped: the demo records with eBPF and needs root");
+        deetune_fixtures::skip("the demo records with eBPF and needs root");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -220,7 +220,7 @@ fn demo_finds_exactly_the_injected_regression_and_leaves_nothing_behind() {
 #[test]
 fn sigint_during_the_demo_leaves_no_process_behind() {
     if !is_root() {
-        eprintln!("skipped: the demo records with eBPF and needs root");
+        deetune_fixtures::skip("the demo records with eBPF and needs root");
         return;
     }
     for point in [

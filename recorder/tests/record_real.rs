@@ -32,7 +32,9 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 macro_rules! require_root {
     () => {
         if !is_root() {
-            eprintln!("skipped: recording with the eBPF capture needs root (CI runs it as root)");
+            deetune_fixtures::skip(
+                "recording with the eBPF capture needs root (CI runs it as root)",
+            );
             return;
         }
         let _serial = SERIAL

@@ -321,7 +321,7 @@ fn start_mariadb() -> Option<MariaDb> {
     match MariaDb::start() {
         Ok(db) => Some(db),
         Err(e @ ServerError::NotInstalled { .. }) => {
-            eprintln!("skipping: {e}");
+            deetune_fixtures::skip(e);
             None
         }
         Err(e) => panic!("MariaDB did not start: {e}"),

@@ -47,7 +47,7 @@ fn redis_recording() -> Vec<deetune_protocols::Exchange> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_same_data_is_clean_and_a_changed_value_is_found() {
     if !RedisServer::is_installed() {
-        eprintln!("skipping: redis-server is not installed (ci/setup installs it)");
+        deetune_fixtures::skip("redis-server is not installed (ci/setup installs it)");
         return;
     }
     let server = RedisServer::start().unwrap();
@@ -156,7 +156,7 @@ async fn html_report_shows_the_diff_in_chromium() {
         .iter()
         .find_map(|b| deetune_fixtures::find_binary(b))
     else {
-        eprintln!("skipping: chromium is not installed (ci/setup installs it)");
+        deetune_fixtures::skip("chromium is not installed (ci/setup installs it)");
         return;
     };
     let v2 = start_service(2).await;
