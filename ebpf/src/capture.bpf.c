@@ -163,7 +163,7 @@ struct conn {
 	__u16 lport;
 	__u16 rport;
 	__u8 role;
-	__u8 announced; /* 0: seen but filtered out by port (or its open event was lost) */
+	__u8 announced; /* 0: its open event found no room in the ring buffer (retried) */
 	__u8 _pad[2];
 };
 
@@ -211,6 +211,15 @@ struct {
 	__type(key, __u64);
 	__type(value, struct conn);
 } conns SEC(".maps");
+
+/* Sockets the port filter keeps out, by sock address -> lport << 16 | rport: kept apart from
+ * `conns` so that other traffic never evicts a captured connection. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u32);
+} skipped SEC(".maps");
 
 /* Role learnt at TCP_ESTABLISHED, by sock address; consumed at the first data event. */
 struct {
@@ -372,9 +381,10 @@ static __always_inline int announce(struct conn *c, struct sock *sk, __u32 tgid,
 }
 
 /*
- * A new connection for `skp`, first seen by (tgid, fd) (already checked to name it). Stored
- * even when its ports are filtered out (not announced, positions not advanced) so later data
- * on it costs one lookup; announced as soon as the port filter lets it through.
+ * A new connection for `skp`, first seen by (tgid, fd) (already checked to name it), stored in
+ * `conns`; or 0 when its ports are filtered out: then remembered in `skipped`, so later data
+ * on it costs two lookups, until the port filter lets it through (it then starts at
+ * position 0). Announced by the caller.
  */
 static __always_inline struct conn *new_conn(struct dt_config *cfg, __u32 tgid, __u32 fd,
 					     __u64 skp)
@@ -390,6 +400,11 @@ static __always_inline struct conn *new_conn(struct dt_config *cfg, __u32 tgid, 
 	nc.fd = fd;
 	nc.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	nc.rport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (!ports_allowed(cfg, nc.lport, nc.rport)) {
+		__u32 ports = (__u32)nc.lport << 16 | nc.rport;
+		bpf_map_update_elem(&skipped, &skp, &ports, BPF_ANY);
+		return 0;
+	}
 	__u8 *role = bpf_map_lookup_elem(&roles, &skp);
 	if (role) {
 		nc.role = *role;
@@ -484,11 +499,15 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 	if (!tgid_allowed(cfg, tgid))
 		return;
 	struct conn *c = bpf_map_lookup_elem(&conns, &skp);
-	if (c) {
-		if (!c->announced && !ports_allowed(cfg, c->lport, c->rport))
-			return; /* a known socket the port filter keeps out: one lookup, done */
-	} else if (!is_tcp((struct sock *)skp)) {
-		return;
+	if (!c) {
+		__u32 *ports = bpf_map_lookup_elem(&skipped, &skp);
+		if (ports) {
+			if (!ports_allowed(cfg, *ports >> 16, *ports & 0xffff))
+				return; /* a known socket the port filter keeps out */
+			bpf_map_delete_elem(&skipped, &skp);
+		} else if (!is_tcp((struct sock *)skp)) {
+			return;
+		}
 	}
 
 	/* Which syscall moved the bytes, and where they are in user memory. */
@@ -560,8 +579,7 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 		if (!c)
 			return;
 	}
-	if (!c->announced &&
-	    (!ports_allowed(cfg, c->lport, c->rport) || !announce(c, (struct sock *)skp, tgid, fd)))
+	if (!announce(c, (struct sock *)skp, tgid, fd))
 		return;
 	dir &= 1;
 	__u64 total = ret;
@@ -634,6 +652,8 @@ int dt_sock_state(struct bpf_raw_tracepoint_args *ctx)
 			if (c->announced)
 				emit_close(c);
 			bpf_map_delete_elem(&conns, &sk);
+		} else {
+			bpf_map_delete_elem(&skipped, &sk);
 		}
 		bpf_map_delete_elem(&roles, &sk);
 	}
