@@ -41,6 +41,9 @@ pub enum GapReason {
     ReadFailed,
     /// Bytes never arrived in user space in time (lost events, counted by the kernel).
     Timeout,
+    /// Bytes moved by a path the capture does not copy (sendfile, splice, io_uring,
+    /// sendmmsg/recvmmsg): the position advanced without data.
+    OtherPath,
 }
 
 /// One event of the ordered, reassembled stream.

@@ -76,6 +76,8 @@ pub struct PipelineStats {
     pub gaps_read_failed: u64,
     /// Gaps because bytes never arrived.
     pub gaps_timeout: u64,
+    /// Gaps because bytes moved by sendfile, splice, io_uring, … (not copied).
+    pub gaps_other_path: u64,
     /// Bytes lost in gaps.
     pub gap_bytes: u64,
     /// Exchanges handed to tasks to store.
@@ -245,6 +247,7 @@ impl Pipeline {
                     GapReason::RingBufferFull => self.stats.gaps_ring_buffer += 1,
                     GapReason::ReadFailed => self.stats.gaps_read_failed += 1,
                     GapReason::Timeout => self.stats.gaps_timeout += 1,
+                    GapReason::OtherPath => self.stats.gaps_other_path += 1,
                 }
                 self.data_or_gap(
                     conn,

@@ -233,7 +233,8 @@ fn print_stats(out: &mut impl std::io::Write, json: bool, s: &CaptureStats) -> s
         writeln!(
             out,
             "{} events, {} connections, {} bytes, {} gaps ({} bytes), {} bytes lost \
-             (over cap {}, ring buffer full {}, unreadable {}), {} control events lost",
+             (over cap {}, ring buffer full {}, unreadable {}, sendfile/splice/io_uring {}), \
+             {} control events lost",
             s.events,
             s.connections,
             s.bytes,
@@ -243,6 +244,7 @@ fn print_stats(out: &mut impl std::io::Write, json: bool, s: &CaptureStats) -> s
             s.kernel.over_cap_bytes,
             s.kernel.ring_full_bytes,
             s.kernel.read_failed_bytes,
+            s.kernel.other_path_bytes,
             s.kernel.control_events_lost,
         )
     }

@@ -56,6 +56,7 @@ fn gap_reason(r: u8) -> GapReason {
     match r {
         abi::gap::RINGBUF_FULL => GapReason::RingBufferFull,
         abi::gap::READ_FAILED => GapReason::ReadFailed,
+        abi::gap::OTHER_PATH => GapReason::OtherPath,
         _ => GapReason::OverCap,
     }
 }
