@@ -22,7 +22,7 @@ fn is_root() -> bool {
 macro_rules! require_root {
     () => {
         if !is_root() {
-            eprintln!("skipped: eBPF capture tests need root (CI runs them as root)");
+            deetune_fixtures::skip("eBPF capture tests need root (CI runs them as root)");
             return;
         }
     };
@@ -716,7 +716,7 @@ async fn bytes_sent_by_sendfile_are_a_counted_gap_not_silently_missing() {
 fn a_non_root_run_fails_with_a_clear_error() {
     require_root!();
     if Command::new("setpriv").arg("--version").output().is_err() {
-        eprintln!("skipped: setpriv (util-linux) is not installed");
+        deetune_fixtures::skip("setpriv (util-linux) is not installed");
         return;
     }
     let exe = std::env::current_exe().expect("current exe");
