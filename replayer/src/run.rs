@@ -39,12 +39,21 @@ where
     I::IntoIter: Send,
     E: std::fmt::Display + Send + 'static,
 {
-    let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .map_err(ReplayError::Runtime)?;
+    // The recording is parsed on a thread of its own, and the targets usually run on the same
+    // machine in CI: on two cores a single-threaded runtime for the sessions is faster than
+    // worker threads waking and stealing from each other (see docs/benchmarks.md, Replay).
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let rt = if cores <= 2 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores - 1)
+            .enable_all()
+            .build()
+    }
+    .map_err(ReplayError::Runtime)?;
     rt.block_on(replay_async(source, config))
 }
 

@@ -3,7 +3,6 @@
 use deetune_protocols::HttpRequest;
 
 use super::SendOptions;
-use crate::target::Target;
 
 /// Hop-by-hop and framing headers, which the replayer sets itself.
 const DROPPED: &[&str] = &[
@@ -27,7 +26,9 @@ pub(crate) fn rewrite_target(target: &str, rules: &[(String, String)]) -> String
     target.to_owned()
 }
 
-pub(crate) fn request_bytes(req: &HttpRequest, target: &Target, opts: &SendOptions) -> Vec<u8> {
+/// The request as bytes for the target; `authority` is [`crate::target::Target::authority`] (computed once
+/// per session by the caller).
+pub(crate) fn request_bytes(req: &HttpRequest, authority: &str, opts: &SendOptions) -> Vec<u8> {
     let body = req.body.raw.as_bytes();
     let mut out = Vec::with_capacity(256 + body.len());
     let path = if opts.rewrite_path.is_empty() {
@@ -46,7 +47,7 @@ pub(crate) fn request_bytes(req: &HttpRequest, target: &Target, opts: &SendOptio
     out.push(b' ');
     out.extend_from_slice(version.as_bytes());
     out.extend_from_slice(b"\r\nHost: ");
-    out.extend_from_slice(target.authority().as_bytes());
+    out.extend_from_slice(authority.as_bytes());
     out.extend_from_slice(b"\r\n");
     for h in &req.headers {
         if DROPPED.iter().any(|d| h.name.eq_ignore_ascii_case(d))
@@ -62,12 +63,12 @@ pub(crate) fn request_bytes(req: &HttpRequest, target: &Target, opts: &SendOptio
         }
         out.extend_from_slice(h.name.as_bytes());
         out.extend_from_slice(b": ");
-        out.extend(
-            h.value
-                .as_bytes()
-                .iter()
-                .filter(|b| **b != b'\r' && **b != b'\n'),
-        );
+        let value = h.value.as_bytes();
+        if value.iter().any(|b| *b == b'\r' || *b == b'\n') {
+            out.extend(value.iter().filter(|b| **b != b'\r' && **b != b'\n'));
+        } else {
+            out.extend_from_slice(value);
+        }
         out.extend_from_slice(b"\r\n");
     }
     for (n, v) in &opts.set_headers {
@@ -91,6 +92,7 @@ pub(crate) fn request_bytes(req: &HttpRequest, target: &Target, opts: &SendOptio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::target::Target;
     use deetune_protocols::{Body, Header};
 
     #[test]
@@ -130,7 +132,7 @@ mod tests {
             rewrite_path: vec![("/v1/".into(), "/v2/".into())],
             ..SendOptions::default()
         };
-        let text = String::from_utf8(request_bytes(&req, &target, &opts)).unwrap();
+        let text = String::from_utf8(request_bytes(&req, &target.authority(), &opts)).unwrap();
         assert_eq!(
             text,
             "POST /v2/orders?x=1 HTTP/1.1\r\nHost: staging:8080\r\nAccept: */*\r\nX-Token: new\r\nContent-Length: 2\r\n\r\n{}"

@@ -50,6 +50,8 @@ pub(crate) struct Sender {
     state: State,
     /// The target answered at least once.
     pub(crate) reached: bool,
+    /// The target's `Host` header value, computed on first use.
+    authority: Option<String>,
 }
 
 impl Sender {
@@ -64,6 +66,7 @@ impl Sender {
             session,
             state: State::Idle,
             reached: false,
+            authority: None,
         }
     }
 
@@ -113,7 +116,10 @@ impl Sender {
         }
         let res = match (&mut self.state, &ex.request) {
             (State::Http(w), Request::Http(req)) => {
-                let bytes = http::request_bytes(req, &self.target.target, &self.opts);
+                let authority = self
+                    .authority
+                    .get_or_insert_with(|| self.target.target.authority());
+                let bytes = http::request_bytes(req, authority, &self.opts);
                 match w.round_trip(&bytes).await {
                     Err(e) if w.eof && self.reached => {
                         // The server closed a kept-alive connection: one fresh connection.
