@@ -9,6 +9,7 @@
 mod decoder;
 mod detect;
 mod http;
+mod json_path;
 mod model;
 mod mysql;
 mod payload;
@@ -16,6 +17,7 @@ mod redis;
 
 pub use decoder::{detect, new_decoder, DecoderConfig, Detection, StreamDecoder};
 pub use http::HttpDecoder;
+pub use json_path::{parse_json_path, JsonPathError, JsonStep};
 pub use model::sql_interface;
 pub use model::{
     Body, ConnectionMeta, Endpoint, Exchange, Flags, Header, HttpRequest, HttpResponse,

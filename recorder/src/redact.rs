@@ -5,7 +5,9 @@
 //! `MIGRATE … AUTH pass` / `AUTH2 user pass`. MySQL authentication data never reaches an
 //! exchange (the decoder drops it). Tasks add header names and JSON paths into bodies.
 
-use deetune_protocols::{Body, Exchange, Header, Payload, Request, Response};
+use deetune_protocols::{
+    parse_json_path, Body, Exchange, Header, JsonStep as Step, Payload, Request, Response,
+};
 use serde_json::Value;
 
 use crate::policy::PolicyError;
@@ -20,14 +22,6 @@ pub const DEFAULT_HEADERS: &[&str] = &[
     "cookie",
     "set-cookie",
 ];
-
-/// One step of a JSON path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Step {
-    Key(String),
-    Index(usize),
-    Any,
-}
 
 /// A JSON path into a body: `$.card.number`, `$.items[*].token`, `$['odd key'][0]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,52 +39,7 @@ impl JsonPath {
             path: path.to_owned(),
             reason,
         };
-        let rest = path
-            .strip_prefix('$')
-            .ok_or_else(|| bad("a path starts with `$`"))?;
-        let mut steps = Vec::new();
-        let b = rest.as_bytes();
-        let mut i = 0;
-        while i < b.len() {
-            match b[i] {
-                b'.' => {
-                    let start = i + 1;
-                    let mut end = start;
-                    while end < b.len() && b[end] != b'.' && b[end] != b'[' {
-                        end += 1;
-                    }
-                    let key = &rest[start..end];
-                    if key.is_empty() {
-                        return Err(bad("empty key after `.`"));
-                    }
-                    steps.push(if key == "*" {
-                        Step::Any
-                    } else {
-                        Step::Key(key.to_owned())
-                    });
-                    i = end;
-                }
-                b'[' => {
-                    let close = rest[i..].find(']').ok_or_else(|| bad("`[` without `]`"))? + i;
-                    let inner = rest[i + 1..close].trim();
-                    let step = if inner == "*" {
-                        Step::Any
-                    } else if let Ok(n) = inner.parse::<usize>() {
-                        Step::Index(n)
-                    } else if inner.len() >= 2
-                        && ((inner.starts_with('\'') && inner.ends_with('\''))
-                            || (inner.starts_with('"') && inner.ends_with('"')))
-                    {
-                        Step::Key(inner[1..inner.len() - 1].to_owned())
-                    } else {
-                        return Err(bad("a bracket holds an index, `*` or a quoted key"));
-                    };
-                    steps.push(step);
-                    i = close + 1;
-                }
-                _ => return Err(bad("expected `.` or `[`")),
-            }
-        }
+        let steps = parse_json_path(path).map_err(|e| bad(e.reason()))?;
         if steps.is_empty() {
             return Err(bad("the path names nothing below `$`"));
         }

@@ -4,14 +4,9 @@
 
 use std::fmt::Write as _;
 
-/// One step of a path.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) enum Seg {
-    Key(String),
-    Index(usize),
-    /// Patterns only: any key or index.
-    Any,
-}
+/// One step of a path (`Any` in patterns only: any key or index). The JSON part is parsed
+/// by the parser the recorder's redaction rules use, so both accept the same syntax.
+pub(crate) use deetune_protocols::JsonStep as Seg;
 
 /// A concrete path or a pattern: the section (`status`, `header`, `body`, `value`,
 /// `result`) then the steps below it.
@@ -142,53 +137,7 @@ fn is_plain(k: &str) -> bool {
 }
 
 fn parse_json_path(text: &str) -> Result<Vec<Seg>, String> {
-    let rest = text
-        .strip_prefix('$')
-        .ok_or_else(|| format!("a JSON path starts with `$`: `{text}`"))?;
-    let b: Vec<char> = rest.chars().collect();
-    let mut i = 0;
-    let mut segs = Vec::new();
-    while i < b.len() {
-        match b[i] {
-            '.' => {
-                let start = i + 1;
-                let mut j = start;
-                while j < b.len() && b[j] != '.' && b[j] != '[' {
-                    j += 1;
-                }
-                let key: String = b[start..j].iter().collect();
-                if key.is_empty() {
-                    return Err(format!("empty key in `{text}`"));
-                }
-                segs.push(if key == "*" { Seg::Any } else { Seg::Key(key) });
-                i = j;
-            }
-            '[' => {
-                let close = b[i..]
-                    .iter()
-                    .position(|&c| c == ']')
-                    .map(|p| p + i)
-                    .ok_or_else(|| format!("unclosed `[` in `{text}`"))?;
-                let inner: String = b[i + 1..close].iter().collect();
-                let inner = inner.trim();
-                if inner == "*" {
-                    segs.push(Seg::Any);
-                } else if let Ok(n) = inner.parse::<usize>() {
-                    segs.push(Seg::Index(n));
-                } else if inner.len() >= 2
-                    && ((inner.starts_with('\'') && inner.ends_with('\''))
-                        || (inner.starts_with('"') && inner.ends_with('"')))
-                {
-                    segs.push(Seg::Key(inner[1..inner.len() - 1].to_owned()));
-                } else {
-                    return Err(format!("bad `[{inner}]` in `{text}`"));
-                }
-                i = close + 1;
-            }
-            c => return Err(format!("unexpected `{c}` in `{text}`")),
-        }
-    }
-    Ok(segs)
+    deetune_protocols::parse_json_path(text).map_err(|e| format!("{e} in `{text}`"))
 }
 
 #[cfg(test)]
