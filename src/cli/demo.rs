@@ -220,6 +220,19 @@ fn run_demo(out: Option<PathBuf>, rounds: u32, http_only: bool) -> anyhow::Resul
     code
 }
 
+/// Attaches the eBPF capture to these ports (the verifier takes a moment: off the runtime).
+async fn start_capture(ports: Vec<u16>) -> anyhow::Result<deetune_recorder::Capture> {
+    tokio::task::spawn_blocking(move || {
+        deetune_recorder::Capture::start(deetune_recorder::CaptureConfig {
+            ports,
+            ..deetune_recorder::CaptureConfig::default()
+        })
+        .context("starting the eBPF capture (Linux ≥ 6.3 on x86_64 with BTF, as root)")
+    })
+    .await
+    .context("starting the eBPF capture")?
+}
+
 async fn demo(out: Option<PathBuf>, rounds: u32, http_only: bool) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let exe = std::env::current_exe().context("finding this program's path")?;
@@ -230,6 +243,25 @@ async fn demo(out: Option<PathBuf>, rounds: u32, http_only: bool) -> anyhow::Res
     let backends = tokio::task::spawn_blocking(move || start_backends(http_only))
         .await
         .context("starting the backends")??;
+
+    // The shop opens its Redis and MySQL connections when it starts: attach the capture to the
+    // backends' ports first, so those connections are seen from their handshake (a MySQL
+    // connection that predates the capture cannot be decoded). The shop's own port is added
+    // once it listens. Without backends nothing is attached yet (an empty port list would
+    // mean "every port").
+    let backend_ports: Vec<u16> = backends
+        .redis
+        .as_ref()
+        .map(RedisServer::port)
+        .into_iter()
+        .chain(backends.mysql.as_ref().map(MariaDb::port))
+        .collect();
+    let early_capture = if backend_ports.is_empty() {
+        None
+    } else {
+        step("Attaching the eBPF capture to the backends' ports");
+        Some(start_capture(backend_ports.clone()).await?)
+    };
 
     step("Starting shop v1 (the version in production)");
     let v1 = spawn_shop(&exe, &backends, "shop-v1", ShopVersion::V1, 1).await?;
@@ -246,17 +278,16 @@ async fn demo(out: Option<PathBuf>, rounds: u32, http_only: bool) -> anyhow::Res
 
     step("Recording web → shop-v1 with eBPF (task: --from web --to shop-v1)");
     let mut ports = vec![v1.addr.port()];
-    ports.extend(backends.redis.as_ref().map(RedisServer::port));
-    ports.extend(backends.mysql.as_ref().map(MariaDb::port));
-    let capture = tokio::task::spawn_blocking(move || {
-        deetune_recorder::Capture::start(deetune_recorder::CaptureConfig {
-            ports,
-            ..deetune_recorder::CaptureConfig::default()
-        })
-        .context("starting the eBPF capture (Linux ≥ 5.8 with BTF, as root)")
-    })
-    .await
-    .context("starting the eBPF capture")??;
+    ports.extend(backend_ports);
+    let capture = match early_capture {
+        Some(mut capture) => {
+            capture
+                .set_ports(&ports)
+                .context("adding the shop's port to the capture")?;
+            capture
+        }
+        None => start_capture(ports).await?,
+    };
     let spec = deetune_store::TaskSpec {
         name: Some("demo".into()),
         from: Some("web".into()),
