@@ -211,6 +211,17 @@ impl MysqlDecoder {
         self.seq += 1;
     }
 
+    /// Stop decoding this connection: a feature it does not decode.
+    fn give_up_unsupported(&mut self, ts: u64) {
+        self.give_up(
+            ts,
+            Flags {
+                unsupported: true,
+                ..Flags::default()
+            },
+        );
+    }
+
     /// Stop decoding this connection with one marker exchange.
     fn give_up(&mut self, ts: u64, flags: Flags) {
         self.flush_pending(Flags {
@@ -362,25 +373,13 @@ impl MysqlDecoder {
     fn on_login(&mut self, p: &Packet) {
         let mut r = Reader::new(&p.payload);
         let Some(client_caps) = r.u32() else {
-            self.give_up(
-                p.start_ts,
-                Flags {
-                    unsupported: true,
-                    ..Flags::default()
-                },
-            );
+            self.give_up_unsupported(p.start_ts);
             return;
         };
         let caps = client_caps & self.server_caps;
         self.session.capabilities = caps;
         if caps & CLIENT_PROTOCOL_41 == 0 {
-            self.give_up(
-                p.start_ts,
-                Flags {
-                    unsupported: true,
-                    ..Flags::default()
-                },
-            );
+            self.give_up_unsupported(p.start_ts);
             return;
         }
         if client_caps & CLIENT_SSL != 0 && p.len == 32 {
@@ -574,13 +573,7 @@ impl MysqlDecoder {
                         self.finish_front(ts);
                     }
                     if self.caps() & CLIENT_COMPRESS != 0 {
-                        self.give_up(
-                            p.start_ts,
-                            Flags {
-                                unsupported: true,
-                                ..Flags::default()
-                            },
-                        );
+                        self.give_up_unsupported(p.start_ts);
                     } else {
                         self.phase = Phase::Command;
                     }
@@ -613,13 +606,7 @@ impl MysqlDecoder {
     fn on_greeting(&mut self, p: &Packet) {
         let mut r = Reader::new(&p.payload);
         if r.u8() != Some(10) {
-            self.give_up(
-                p.start_ts,
-                Flags {
-                    unsupported: true,
-                    ..Flags::default()
-                },
-            );
+            self.give_up_unsupported(p.start_ts);
             return;
         }
         self.session.server_version = lossy(r.nul_str().unwrap_or_default());
