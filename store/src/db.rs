@@ -12,8 +12,11 @@ use crate::codec::{self, VALUE_VERSION};
 use crate::lock::LockFile;
 use crate::{BundleHeader, StoreError, TaskId, TaskRecord, TaskState, TopologyEdge};
 
-/// Store layout version, kept in the `meta` tree under `format`.
-pub const STORE_FORMAT_VERSION: u32 = 1;
+/// Store layout version, kept in the `meta` tree under `format`. Version 2 stores exchanges
+/// in binary records (block version 2); version 1 stores (JSON-line blocks) are still read,
+/// and opening one upgrades its record to 2, so an older deetune refuses it from then on
+/// rather than failing on the first new block.
+pub const STORE_FORMAT_VERSION: u32 = 2;
 
 const KEY_FORMAT: &[u8] = b"format";
 const PENDING_PREFIX: &[u8] = b"pending:";
@@ -150,59 +153,131 @@ pub fn default_data_dir() -> PathBuf {
     }
 }
 
-/// Builds one stored block: exchange JSON lines joined by `\n`, cut at [`BLOCK_MAX`]
-/// exchanges or [`BLOCK_BYTES`] bytes.
+/// Version byte of a block of JSON lines (stores of format 1; still read).
+const BLOCK_VERSION_JSON: u8 = 1;
+/// Version byte of a block of records (binary exchanges, or JSON lines kept as imported):
+/// what this build writes, and the newest block version it reads.
+const BLOCK_VERSION: u8 = 2;
+/// Record kinds in a version-2 block.
+const RECORD_BINARY: u8 = b'b';
+const RECORD_JSON: u8 = b'j';
+/// Record header: kind byte, then the length (u32 little-endian).
+const RECORD_HEADER: usize = 5;
+
+/// Builds one stored block of records, each a kind byte, a u32 LE length and the bytes:
+/// an exchange in the binary form of [`crate::binary`], or a JSON line kept as imported (a
+/// line that re-rendering from the model would not reproduce byte for byte, so a re-export
+/// gives the bundle back unchanged). Cut at [`BLOCK_MAX`] exchanges or [`BLOCK_BYTES`].
 struct BlockBuilder {
-    lines: Vec<u8>,
+    records: Vec<u8>,
     count: u64,
 }
 
 impl BlockBuilder {
     fn new() -> Self {
         Self {
-            lines: Vec::with_capacity(64 * 1024),
+            records: Vec::with_capacity(64 * 1024),
             count: 0,
         }
     }
 
-    fn start_line(&mut self) -> &mut Vec<u8> {
-        if self.count > 0 {
-            self.lines.push(b'\n');
-        }
+    /// Writes a record header for `kind` with a length to fill in; returns where it starts.
+    fn open_record(&mut self, kind: u8) -> usize {
+        let at = self.records.len();
+        self.records.push(kind);
+        self.records.extend_from_slice(&[0; 4]);
+        at
+    }
+
+    fn close_record(&mut self, at: usize) -> Result<(), StoreError> {
+        let len = self.records.len() - at - RECORD_HEADER;
+        let Ok(len) = u32::try_from(len) else {
+            self.records.truncate(at);
+            return Err(StoreError::Corrupt {
+                what: "exchange".to_owned(),
+                detail: format!("{len} bytes encoded, more than a stored record holds"),
+            });
+        };
+        self.records[at + 1..at + RECORD_HEADER].copy_from_slice(&len.to_le_bytes());
         self.count += 1;
-        &mut self.lines
+        Ok(())
+    }
+
+    /// Adds an exchange in the binary form (as JSON when it cannot be: nested too deep).
+    fn push_exchange(&mut self, x: &Exchange) -> Result<(), StoreError> {
+        let at = self.open_record(RECORD_BINARY);
+        if crate::binary::encode_exchange(x, &mut self.records).is_err() {
+            self.records.truncate(at);
+            let at = self.open_record(RECORD_JSON);
+            if let Err(source) = serde_json::to_writer(&mut self.records, x) {
+                self.records.truncate(at);
+                return Err(StoreError::Encode {
+                    what: "exchange",
+                    source,
+                });
+            }
+            return self.close_record(at);
+        }
+        self.close_record(at)
+    }
+
+    /// Adds an exchange kept as this JSON line.
+    fn push_json(&mut self, line: &[u8]) -> Result<(), StoreError> {
+        let at = self.open_record(RECORD_JSON);
+        self.records.extend_from_slice(line);
+        self.close_record(at)
     }
 
     fn is_full(&self) -> bool {
-        self.count >= BLOCK_MAX as u64 || self.lines.len() >= BLOCK_BYTES
+        self.count >= BLOCK_MAX as u64 || self.records.len() >= BLOCK_BYTES
     }
 
-    /// The sled value: version byte, uncompressed length (u64 BE), zstd of the lines.
+    /// The sled value: version byte, uncompressed length (u64 BE), zstd of the records.
     fn seal(&mut self) -> Result<(Vec<u8>, u64), StoreError> {
-        let packed = zstd::bulk::compress(&self.lines, BLOCK_ZSTD_LEVEL).map_err(|e| {
+        let packed = zstd::bulk::compress(&self.records, BLOCK_ZSTD_LEVEL).map_err(|e| {
             StoreError::Corrupt {
                 what: "exchange block".to_owned(),
                 detail: format!("compression failed: {e}"),
             }
         })?;
         let mut v = Vec::with_capacity(packed.len() + 9);
-        v.push(VALUE_VERSION);
-        v.extend_from_slice(&(self.lines.len() as u64).to_be_bytes());
+        v.push(BLOCK_VERSION);
+        v.extend_from_slice(&(self.records.len() as u64).to_be_bytes());
         v.extend_from_slice(&packed);
         let count = self.count;
-        self.lines.clear();
+        self.records.clear();
         self.count = 0;
         Ok((v, count))
     }
 }
 
-/// The JSON lines of a stored block.
-fn open_block(value: &[u8]) -> Result<Vec<u8>, StoreError> {
+/// The uncompressed content of a stored block.
+enum BlockBody {
+    /// Version 1: exchange JSON lines joined by `\n`.
+    Json(Vec<u8>),
+    /// Version 2: records (see [`BlockBuilder`]).
+    Records(Vec<u8>),
+}
+
+/// Decompresses a stored block.
+fn open_block(value: &[u8]) -> Result<BlockBody, StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt {
         what: "exchange block".to_owned(),
         detail,
     };
-    let body = codec::body("exchange block", value)?;
+    let (&version, body) = value
+        .split_first()
+        .ok_or_else(|| corrupt("empty value".to_owned()))?;
+    if version > BLOCK_VERSION {
+        return Err(StoreError::NewerFormat {
+            what: "exchange block".to_owned(),
+            found: u32::from(version),
+            supported: u32::from(BLOCK_VERSION),
+        });
+    }
+    if version != BLOCK_VERSION && version != BLOCK_VERSION_JSON {
+        return Err(corrupt(format!("unknown block version {version}")));
+    }
     let (len, packed) = body
         .split_first_chunk::<8>()
         .ok_or_else(|| corrupt("shorter than its header".to_owned()))?;
@@ -211,7 +286,65 @@ fn open_block(value: &[u8]) -> Result<Vec<u8>, StoreError> {
         return Err(corrupt(format!("claims {len} bytes")));
     }
     let len = usize::try_from(len).map_err(|e| corrupt(e.to_string()))?;
-    zstd::bulk::decompress(packed, len).map_err(|e| corrupt(e.to_string()))
+    let body = zstd::bulk::decompress(packed, len).map_err(|e| corrupt(e.to_string()))?;
+    Ok(if version == BLOCK_VERSION {
+        BlockBody::Records(body)
+    } else {
+        BlockBody::Json(body)
+    })
+}
+
+/// The records of a version-2 block: (kind, bytes); an error ends it.
+struct Records<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<(u8, &'a [u8]), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let parsed = self
+            .rest
+            .split_first_chunk::<RECORD_HEADER>()
+            .and_then(|(head, rest)| {
+                let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+                let len = usize::try_from(len).ok()?;
+                (len <= rest.len()).then(|| (head[0], rest.split_at(len)))
+            });
+        match parsed {
+            Some((kind, (record, rest))) => {
+                self.rest = rest;
+                Some(Ok((kind, record)))
+            }
+            None => {
+                self.rest = &[];
+                Some(Err(StoreError::Corrupt {
+                    what: "exchange block".to_owned(),
+                    detail: "a record runs past the end of the block".to_owned(),
+                }))
+            }
+        }
+    }
+}
+
+fn records(body: &[u8]) -> Records<'_> {
+    Records { rest: body }
+}
+
+/// Decodes one record of a version-2 block.
+fn decode_record(kind: u8, record: &[u8], id: u64) -> Result<Exchange, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        what: format!("exchange {id}"),
+        detail,
+    };
+    match kind {
+        RECORD_BINARY => crate::binary::decode_exchange(record).map_err(|e| corrupt(e.to_string())),
+        RECORD_JSON => codec::from_json_line(record).map_err(|e| corrupt(e.to_string())),
+        other => Err(corrupt(format!("unknown record kind {other}"))),
+    }
 }
 
 type DecodedItem = Result<(ExchangeId, Exchange), StoreError>;
@@ -232,17 +365,26 @@ fn decode_block(item: BlockItem) -> Vec<DecodedItem> {
         Ok(body) => body,
         Err(e) => return vec![Err(e)],
     };
-    codec::json_lines::<Exchange>(&body)
-        .zip(first..)
-        .map(|(parsed, id)| {
-            parsed
-                .map(|x| (ExchangeId(id), x))
-                .map_err(|e| StoreError::Corrupt {
-                    what: format!("exchange {id}"),
-                    detail: e.to_string(),
-                })
-        })
-        .collect()
+    match body {
+        BlockBody::Records(body) => records(&body)
+            .zip(first..)
+            .map(|(record, id)| {
+                let (kind, bytes) = record?;
+                decode_record(kind, bytes, id).map(|x| (ExchangeId(id), x))
+            })
+            .collect(),
+        BlockBody::Json(body) => codec::json_lines::<Exchange>(&body)
+            .zip(first..)
+            .map(|(parsed, id)| {
+                parsed
+                    .map(|x| (ExchangeId(id), x))
+                    .map_err(|e| StoreError::Corrupt {
+                        what: format!("exchange {id}"),
+                        detail: e.to_string(),
+                    })
+            })
+            .collect(),
+    }
 }
 
 /// Blocks decoded on worker threads, yielded in stored order: a feeder thread scans the
@@ -521,6 +663,17 @@ impl Store {
                         supported: STORE_FORMAT_VERSION,
                     });
                 }
+                if found < STORE_FORMAT_VERSION {
+                    tracing::info!(
+                        dir = %self.dir.display(),
+                        from = found,
+                        to = STORE_FORMAT_VERSION,
+                        "Store format upgraded; existing exchanges stay readable."
+                    );
+                    self.meta
+                        .insert(KEY_FORMAT, &STORE_FORMAT_VERSION.to_be_bytes())
+                        .map_err(StoreError::sled("write format"))?;
+                }
             }
             None => {
                 self.meta
@@ -718,12 +871,7 @@ impl Store {
         let mut blocks = Vec::new();
         let mut builder = BlockBuilder::new();
         for x in exchanges {
-            serde_json::to_writer(builder.start_line(), x).map_err(|source| {
-                StoreError::Encode {
-                    what: "exchange",
-                    source,
-                }
-            })?;
+            builder.push_exchange(x)?;
             if builder.is_full() {
                 blocks.push(builder.seal()?);
             }
@@ -847,15 +995,20 @@ impl Store {
             .get(key)
             .map_err(StoreError::sled("read exchange"))?
             .ok_or_else(missing)?;
-        let body = open_block(&block)?;
-        let line = body
-            .split(|&b| b == b'\n')
-            .nth(usize::try_from(id.0 - first).unwrap_or(usize::MAX))
-            .ok_or_else(missing)?;
-        let x = codec::from_json_line(line).map_err(|e| StoreError::Corrupt {
-            what: format!("exchange {id}"),
-            detail: e.to_string(),
-        })?;
+        let nth = usize::try_from(id.0 - first).unwrap_or(usize::MAX);
+        let x = match open_block(&block)? {
+            BlockBody::Records(body) => {
+                let (kind, record) = records(&body).nth(nth).ok_or_else(missing)??;
+                decode_record(kind, record, id.0)?
+            }
+            BlockBody::Json(body) => {
+                let line = body.split(|&b| b == b'\n').nth(nth).ok_or_else(missing)?;
+                codec::from_json_line(line).map_err(|e| StoreError::Corrupt {
+                    what: format!("exchange {id}"),
+                    detail: e.to_string(),
+                })?
+            }
+        };
         Ok((task, x))
     }
 
@@ -974,11 +1127,19 @@ impl Store {
             )?,
             None => crate::BundleWriter::create(path, &self.export_header(id).map_err(wrap)?)?,
         };
+        let mut text = Vec::with_capacity(256 * 1024);
         for item in self.blocks(id) {
-            let (_, block) = item.map_err(wrap)?;
-            let body = open_block(&block).map_err(wrap)?;
-            let lines = body.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
-            w.write_json_lines(&body, lines)?;
+            let (first, block) = item.map_err(wrap)?;
+            match open_block(&block).map_err(wrap)? {
+                BlockBody::Json(body) => {
+                    let lines = body.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+                    w.write_json_lines(&body, lines)?;
+                }
+                BlockBody::Records(body) => {
+                    let lines = render_json_lines(&body, first, &mut text).map_err(wrap)?;
+                    w.write_json_lines(&text, lines)?;
+                }
+            }
         }
         w.finish()
     }
@@ -1077,13 +1238,13 @@ impl Store {
                 let (out_tx, out_rx) = sync_channel::<Sealed>(1);
                 let path = &path;
                 s.spawn(move || {
+                    let mut scratch = Vec::with_capacity(4096);
                     for chunk in in_rx {
                         let sealed = match chunk {
                             Err(e) => Err(ImportFailure::Bundle(e)),
-                            Ok(mut chunk) => match chunk.validate(path) {
-                                Err(e) => Err(ImportFailure::Bundle(e)),
-                                Ok(()) => chunk.block.seal().map_err(ImportFailure::Store),
-                            },
+                            Ok(chunk) => chunk
+                                .into_block(path, &mut scratch)
+                                .and_then(|mut block| block.seal().map_err(ImportFailure::Store)),
                         };
                         if out_tx.send(sealed).is_err() {
                             break;
@@ -1100,9 +1261,9 @@ impl Store {
                     let mut chunk = ImportChunk::new();
                     chunk.first_line = reader.line() + 1;
                     let mut last = None;
-                    while !chunk.block.is_full() {
+                    while !chunk.is_full() {
                         match reader.next_exchange_line() {
-                            Ok(Some(line)) => chunk.block.start_line().extend_from_slice(line),
+                            Ok(Some(line)) => chunk.push_line(line),
                             Ok(None) => {
                                 last = Some(Ok(()));
                                 break;
@@ -1113,7 +1274,7 @@ impl Store {
                             }
                         }
                     }
-                    if chunk.block.count > 0 && !send(Ok(chunk)) {
+                    if chunk.count > 0 && !send(Ok(chunk)) {
                         return;
                     }
                     match last {
@@ -1147,35 +1308,85 @@ impl Store {
     }
 }
 
-/// Lines of a bundle read for import, before they are validated.
+/// Renders the records of a version-2 block as JSON lines joined by `\n` into `out`
+/// (cleared first): binary exchanges re-encoded as canonical JSON, kept lines copied.
+/// Returns the number of lines.
+fn render_json_lines(body: &[u8], first: u64, out: &mut Vec<u8>) -> Result<u64, StoreError> {
+    out.clear();
+    let mut n = 0u64;
+    for (record, id) in records(body).zip(first..) {
+        let (kind, bytes) = record?;
+        if n > 0 {
+            out.push(b'\n');
+        }
+        n += 1;
+        if kind == RECORD_JSON {
+            out.extend_from_slice(bytes);
+        } else {
+            let x = decode_record(kind, bytes, id)?;
+            serde_json::to_writer(&mut *out, &x).map_err(|source| StoreError::Encode {
+                what: "exchange",
+                source,
+            })?;
+        }
+    }
+    Ok(n)
+}
+
+/// Lines of a bundle read for import, before they are validated: JSON lines joined by `\n`.
 struct ImportChunk {
-    block: BlockBuilder,
+    lines: Vec<u8>,
+    count: u64,
     first_line: u64,
 }
 
 impl ImportChunk {
     fn new() -> Self {
         Self {
-            block: BlockBuilder::new(),
+            lines: Vec::with_capacity(256 * 1024),
+            count: 0,
             first_line: 0,
         }
     }
 
-    fn validate(&self, path: &Path) -> Result<(), crate::BundleError> {
-        if self.block.count == 0 {
-            return Ok(());
+    fn push_line(&mut self, line: &[u8]) {
+        if self.count > 0 {
+            self.lines.push(b'\n');
         }
-        for (parsed, no) in codec::json_lines::<Exchange>(&self.block.lines).zip(self.first_line..)
-        {
-            if let Err(source) = parsed {
-                return Err(crate::BundleError::BadRecord {
+        self.count += 1;
+        self.lines.extend_from_slice(line);
+    }
+
+    fn is_full(&self) -> bool {
+        self.count >= BLOCK_MAX as u64 || self.lines.len() >= BLOCK_BYTES
+    }
+
+    /// Parses every line (the first bad one is the error, with its line number) and builds
+    /// the stored block: a line in canonical form (what rendering its exchange gives) is
+    /// stored binary, any other line as it is, so a re-export reproduces the bundle.
+    fn into_block(self, path: &Path, scratch: &mut Vec<u8>) -> Result<BlockBuilder, ImportFailure> {
+        let mut block = BlockBuilder::new();
+        if self.count == 0 {
+            return Ok(block);
+        }
+        for (line, no) in self.lines.split(|&b| b == b'\n').zip(self.first_line..) {
+            let x: Exchange = codec::from_json_line(line).map_err(|source| {
+                ImportFailure::Bundle(crate::BundleError::BadRecord {
                     path: path.to_path_buf(),
                     line: no,
                     source,
-                });
+                })
+            })?;
+            scratch.clear();
+            let canonical = serde_json::to_writer(&mut *scratch, &x).is_ok() && scratch == line;
+            if canonical {
+                block.push_exchange(&x)
+            } else {
+                block.push_json(line)
             }
+            .map_err(ImportFailure::Store)?;
         }
-        Ok(())
+        Ok(block)
     }
 }
 

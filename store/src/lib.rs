@@ -6,6 +6,7 @@
 //!
 //! The bundle is the portable, versioned contract; sled's on-disk format is not.
 
+mod binary;
 mod bundle;
 mod codec;
 mod db;

@@ -1,0 +1,977 @@
+//! The compact binary form of an [`Exchange`] inside stored blocks (block version 2).
+//!
+//! Written by hand rather than through serde: the model's serde impls are shaped for JSON
+//! (internally tagged enums, untagged `MysqlValue`, `Payload` as text or `{"base64": …}`,
+//! skipped defaults) and do not round-trip through non-self-describing formats. Every
+//! struct is destructured and every enum matched exhaustively, so a field or variant added
+//! to the model fails to compile here until the codec handles it.
+//!
+//! Layout: fields in declaration order, no names. Integers are LEB128 varints (signed ones
+//! zigzag), timestamps and floats 8 bytes little-endian, strings and payloads a varint
+//! length then the bytes, `Option` a 0/1 byte then the value, enums a variant byte, flags one
+//! bit each in a byte. Decoding checks everything (lengths against the input, UTF-8, variant
+//! bytes, nesting depth) and never panics.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use deetune_protocols::{
+    Body, ConnectionMeta, Endpoint, Exchange, Flags, Header, HttpRequest, HttpResponse,
+    MysqlColumn, MysqlCommand, MysqlResponse, MysqlResultSet, MysqlSession, MysqlValue, Payload,
+    Protocol, RedisCommand, Request, RespValue, Response, SessionInfo, Timing,
+};
+
+/// Deepest nesting of Redis values written and read (the Redis decoder stops at 128).
+const MAX_DEPTH: usize = 512;
+
+/// Why bytes are not an exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DecodeError {
+    /// What was being read.
+    pub(crate) what: &'static str,
+    /// Offset in the record.
+    pub(crate) at: usize,
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "bad binary exchange: {} at byte {}", self.what, self.at)
+    }
+}
+
+/// The exchange cannot be written in the binary form (nested deeper than [`MAX_DEPTH`]);
+/// the caller keeps it as JSON instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TooDeep;
+
+/// Appends the binary form of `x` to `out`. On error `out` may hold a partial record: the
+/// caller truncates it.
+pub(crate) fn encode_exchange(x: &Exchange, out: &mut Vec<u8>) -> Result<(), TooDeep> {
+    let Exchange {
+        conn,
+        seq,
+        protocol,
+        request,
+        response,
+        timing,
+        flags,
+        session,
+    } = x;
+    let mut w = Writer(out);
+    w.conn(conn);
+    w.varint(*seq);
+    w.protocol(*protocol);
+    w.request(request)?;
+    match response {
+        None => w.byte(0),
+        Some(r) => {
+            w.byte(1);
+            w.response(r)?;
+        }
+    }
+    w.timing(timing);
+    w.flags(*flags);
+    match session {
+        None => w.byte(0),
+        Some(SessionInfo::Mysql(s)) => {
+            w.byte(1);
+            w.mysql_session(s);
+        }
+    }
+    Ok(())
+}
+
+/// Reads one exchange written by [`encode_exchange`]; the whole input must be used.
+pub(crate) fn decode_exchange(bytes: &[u8]) -> Result<Exchange, DecodeError> {
+    let mut r = Reader {
+        buf: bytes,
+        pos: 0,
+        depth: 0,
+    };
+    let x = Exchange {
+        conn: r.conn()?,
+        seq: r.varint("seq")?,
+        protocol: r.protocol()?,
+        request: r.request()?,
+        response: if r.flag("response")? {
+            Some(r.response()?)
+        } else {
+            None
+        },
+        timing: r.timing()?,
+        flags: r.flags()?,
+        session: if r.flag("session")? {
+            Some(SessionInfo::Mysql(r.mysql_session()?))
+        } else {
+            None
+        },
+    };
+    if r.pos != bytes.len() {
+        return Err(r.err("trailing bytes"));
+    }
+    Ok(x)
+}
+
+// ---- writing ----
+
+struct Writer<'a>(&'a mut Vec<u8>);
+
+impl Writer<'_> {
+    fn byte(&mut self, b: u8) {
+        self.0.push(b);
+    }
+
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.0.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
+    }
+
+    fn len(&mut self, n: usize) {
+        self.varint(n as u64);
+    }
+
+    fn zigzag(&mut self, v: i64) {
+        self.varint(((v << 1) ^ (v >> 63)) as u64);
+    }
+
+    fn fixed(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.len(b.len());
+        self.0.extend_from_slice(b);
+    }
+
+    fn str(&mut self, s: &str) {
+        self.bytes(s.as_bytes());
+    }
+
+    fn opt_str(&mut self, s: Option<&String>) {
+        match s {
+            None => self.byte(0),
+            Some(s) => {
+                self.byte(1);
+                self.str(s);
+            }
+        }
+    }
+
+    fn payload(&mut self, p: &Payload) {
+        self.bytes(&p.0);
+    }
+
+    fn bool(&mut self, b: bool) {
+        self.byte(u8::from(b));
+    }
+
+    fn endpoint(&mut self, e: &Endpoint) {
+        let Endpoint {
+            addr,
+            port,
+            pid,
+            process,
+            cgroup,
+            service,
+        } = e;
+        match addr {
+            IpAddr::V4(a) => {
+                self.byte(4);
+                self.0.extend_from_slice(&a.octets());
+            }
+            IpAddr::V6(a) => {
+                self.byte(6);
+                self.0.extend_from_slice(&a.octets());
+            }
+        }
+        self.varint(u64::from(*port));
+        match pid {
+            None => self.byte(0),
+            Some(p) => {
+                self.byte(1);
+                self.varint(u64::from(*p));
+            }
+        }
+        self.opt_str(process.as_ref());
+        self.opt_str(cgroup.as_ref());
+        self.opt_str(service.as_ref());
+    }
+
+    fn conn(&mut self, c: &ConnectionMeta) {
+        let ConnectionMeta { id, client, server } = c;
+        self.varint(*id);
+        self.endpoint(client);
+        self.endpoint(server);
+    }
+
+    fn protocol(&mut self, p: Protocol) {
+        self.byte(match p {
+            Protocol::Http => 0,
+            Protocol::Redis => 1,
+            Protocol::Mysql => 2,
+            Protocol::Unknown => 3,
+        });
+    }
+
+    fn timing(&mut self, t: &Timing) {
+        let Timing {
+            request_start_ns,
+            request_end_ns,
+            response_start_ns,
+            response_end_ns,
+        } = t;
+        self.fixed(*request_start_ns);
+        self.fixed(*request_end_ns);
+        self.fixed(*response_start_ns);
+        self.fixed(*response_end_ns);
+    }
+
+    fn flags(&mut self, f: Flags) {
+        let Flags {
+            truncated,
+            gap,
+            unpaired,
+            encrypted,
+            unsupported,
+        } = f;
+        self.byte(
+            u8::from(truncated)
+                | u8::from(gap) << 1
+                | u8::from(unpaired) << 2
+                | u8::from(encrypted) << 3
+                | u8::from(unsupported) << 4,
+        );
+    }
+
+    fn headers(&mut self, hs: &[Header]) {
+        self.len(hs.len());
+        for Header { name, value } in hs {
+            self.str(name);
+            self.payload(value);
+        }
+    }
+
+    fn body(&mut self, b: &Body) {
+        let Body {
+            raw,
+            decoded,
+            len,
+            truncated,
+        } = b;
+        self.payload(raw);
+        match decoded {
+            None => self.byte(0),
+            Some(d) => {
+                self.byte(1);
+                self.payload(d);
+            }
+        }
+        self.varint(*len);
+        self.bool(*truncated);
+    }
+
+    fn request(&mut self, r: &Request) -> Result<(), TooDeep> {
+        match r {
+            Request::Http(h) => {
+                let HttpRequest {
+                    method,
+                    target,
+                    version,
+                    headers,
+                    body,
+                } = h;
+                self.byte(0);
+                self.str(method);
+                self.str(target);
+                self.str(version);
+                self.headers(headers);
+                self.body(body);
+            }
+            Request::Redis(c) => {
+                let RedisCommand { args, inline } = c;
+                self.byte(1);
+                self.len(args.len());
+                for a in args {
+                    self.payload(a);
+                }
+                self.bool(*inline);
+            }
+            Request::Mysql(c) => {
+                self.byte(2);
+                self.mysql_command(c);
+            }
+            Request::Raw { data } => {
+                self.byte(3);
+                self.payload(data);
+            }
+        }
+        Ok(())
+    }
+
+    fn response(&mut self, r: &Response) -> Result<(), TooDeep> {
+        match r {
+            Response::Http(h) => {
+                let HttpResponse {
+                    version,
+                    status,
+                    reason,
+                    headers,
+                    body,
+                } = h;
+                self.byte(0);
+                self.str(version);
+                self.varint(u64::from(*status));
+                self.str(reason);
+                self.headers(headers);
+                self.body(body);
+            }
+            Response::Redis(v) => {
+                self.byte(1);
+                self.resp(v, 0)?;
+            }
+            Response::Mysql(m) => {
+                self.byte(2);
+                self.mysql_response(m);
+            }
+            Response::Raw { data } => {
+                self.byte(3);
+                self.payload(data);
+            }
+        }
+        Ok(())
+    }
+
+    fn resp_list(&mut self, tag: u8, items: &[RespValue], depth: usize) -> Result<(), TooDeep> {
+        self.byte(tag);
+        self.len(items.len());
+        for v in items {
+            self.resp(v, depth + 1)?;
+        }
+        Ok(())
+    }
+
+    fn resp(&mut self, v: &RespValue, depth: usize) -> Result<(), TooDeep> {
+        if depth >= MAX_DEPTH {
+            return Err(TooDeep);
+        }
+        match v {
+            RespValue::Simple(s) => {
+                self.byte(0);
+                self.str(s);
+            }
+            RespValue::Error(s) => {
+                self.byte(1);
+                self.str(s);
+            }
+            RespValue::Integer(i) => {
+                self.byte(2);
+                self.zigzag(*i);
+            }
+            RespValue::Bulk(p) => {
+                self.byte(3);
+                self.payload(p);
+            }
+            RespValue::Null => self.byte(4),
+            RespValue::Array(items) => self.resp_list(5, items, depth)?,
+            RespValue::Set(items) => self.resp_list(6, items, depth)?,
+            RespValue::Map(pairs) => {
+                self.byte(7);
+                self.len(pairs.len());
+                for (k, v) in pairs {
+                    self.resp(k, depth + 1)?;
+                    self.resp(v, depth + 1)?;
+                }
+            }
+            RespValue::Push(items) => self.resp_list(8, items, depth)?,
+            RespValue::Boolean(b) => {
+                self.byte(9);
+                self.bool(*b);
+            }
+            RespValue::Double(d) => {
+                self.byte(10);
+                self.fixed(d.to_bits());
+            }
+            RespValue::BigNumber(s) => {
+                self.byte(11);
+                self.str(s);
+            }
+            RespValue::Verbatim { format, text } => {
+                self.byte(12);
+                self.str(format);
+                self.payload(text);
+            }
+            RespValue::BulkError(p) => {
+                self.byte(13);
+                self.payload(p);
+            }
+        }
+        Ok(())
+    }
+
+    fn mysql_value(&mut self, v: &MysqlValue) {
+        match v {
+            MysqlValue::Null => self.byte(0),
+            MysqlValue::Int(i) => {
+                self.byte(1);
+                self.zigzag(*i);
+            }
+            MysqlValue::UInt(u) => {
+                self.byte(2);
+                self.varint(*u);
+            }
+            MysqlValue::Float(f) => {
+                self.byte(3);
+                self.fixed(f.to_bits());
+            }
+            MysqlValue::Bytes(p) => {
+                self.byte(4);
+                self.payload(p);
+            }
+        }
+    }
+
+    fn mysql_values(&mut self, vs: &[MysqlValue]) {
+        self.len(vs.len());
+        for v in vs {
+            self.mysql_value(v);
+        }
+    }
+
+    fn mysql_command(&mut self, c: &MysqlCommand) {
+        match c {
+            MysqlCommand::Query { sql } => {
+                self.byte(0);
+                self.str(sql);
+            }
+            MysqlCommand::StmtPrepare { sql } => {
+                self.byte(1);
+                self.str(sql);
+            }
+            MysqlCommand::StmtExecute {
+                statement_id,
+                sql,
+                params,
+            } => {
+                self.byte(2);
+                self.varint(u64::from(*statement_id));
+                self.opt_str(sql.as_ref());
+                self.mysql_values(params);
+            }
+            MysqlCommand::StmtClose { statement_id } => {
+                self.byte(3);
+                self.varint(u64::from(*statement_id));
+            }
+            MysqlCommand::StmtReset { statement_id } => {
+                self.byte(4);
+                self.varint(u64::from(*statement_id));
+            }
+            MysqlCommand::InitDb { schema } => {
+                self.byte(5);
+                self.str(schema);
+            }
+            MysqlCommand::Ping => self.byte(6),
+            MysqlCommand::Quit => self.byte(7),
+            MysqlCommand::Other { code, data } => {
+                self.byte(8);
+                self.byte(*code);
+                self.payload(data);
+            }
+        }
+    }
+
+    fn mysql_response(&mut self, m: &MysqlResponse) {
+        match m {
+            MysqlResponse::Ok {
+                affected_rows,
+                last_insert_id,
+                warnings,
+                info,
+            } => {
+                self.byte(0);
+                self.varint(*affected_rows);
+                self.varint(*last_insert_id);
+                self.varint(u64::from(*warnings));
+                self.str(info);
+            }
+            MysqlResponse::Err {
+                code,
+                sql_state,
+                message,
+            } => {
+                self.byte(1);
+                self.varint(u64::from(*code));
+                self.str(sql_state);
+                self.str(message);
+            }
+            MysqlResponse::ResultSets { sets } => {
+                self.byte(2);
+                self.len(sets.len());
+                for MysqlResultSet { columns, rows } in sets {
+                    self.len(columns.len());
+                    for MysqlColumn {
+                        name,
+                        table,
+                        column_type,
+                    } in columns
+                    {
+                        self.str(name);
+                        self.str(table);
+                        self.byte(*column_type);
+                    }
+                    self.len(rows.len());
+                    for row in rows {
+                        self.mysql_values(row);
+                    }
+                }
+            }
+            MysqlResponse::Prepared {
+                statement_id,
+                params,
+                columns,
+            } => {
+                self.byte(3);
+                self.varint(u64::from(*statement_id));
+                self.varint(u64::from(*params));
+                self.varint(u64::from(*columns));
+            }
+            MysqlResponse::LocalInfile { filename } => {
+                self.byte(4);
+                self.str(filename);
+            }
+        }
+    }
+
+    fn mysql_session(&mut self, s: &MysqlSession) {
+        let MysqlSession {
+            server_version,
+            user,
+            schema,
+            capabilities,
+        } = s;
+        self.str(server_version);
+        self.str(user);
+        self.opt_str(schema.as_ref());
+        self.varint(u64::from(*capabilities));
+    }
+}
+
+// ---- reading ----
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    depth: usize,
+}
+
+type R<T> = Result<T, DecodeError>;
+
+impl<'a> Reader<'a> {
+    fn err(&self, what: &'static str) -> DecodeError {
+        DecodeError { what, at: self.pos }
+    }
+
+    #[inline]
+    fn byte(&mut self, what: &'static str) -> R<u8> {
+        let b = *self.buf.get(self.pos).ok_or_else(|| self.err(what))?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    #[inline]
+    fn take(&mut self, n: usize, what: &'static str) -> R<&'a [u8]> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| self.err(what))?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    #[inline]
+    fn varint(&mut self, what: &'static str) -> R<u64> {
+        let mut v = 0u64;
+        let mut shift = 0u32;
+        loop {
+            let b = self.byte(what)?;
+            if shift == 63 && b > 1 {
+                return Err(self.err(what));
+            }
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+            shift += 7;
+            if shift > 63 {
+                return Err(self.err(what));
+            }
+        }
+    }
+
+    fn small<T: TryFrom<u64>>(&mut self, what: &'static str) -> R<T> {
+        let v = self.varint(what)?;
+        T::try_from(v).map_err(|_| self.err(what))
+    }
+
+    fn zigzag(&mut self, what: &'static str) -> R<i64> {
+        let v = self.varint(what)?;
+        Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+    }
+
+    fn fixed(&mut self, what: &'static str) -> R<u64> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    /// A length, checked against the bytes left (each item takes at least `min_item` bytes),
+    /// so a corrupt length cannot make a huge allocation.
+    fn len(&mut self, min_item: usize, what: &'static str) -> R<usize> {
+        let n: usize = self.small(what)?;
+        if n.saturating_mul(min_item) > self.buf.len() - self.pos {
+            return Err(self.err(what));
+        }
+        Ok(n)
+    }
+
+    fn bytes(&mut self, what: &'static str) -> R<&'a [u8]> {
+        let n = self.len(1, what)?;
+        self.take(n, what)
+    }
+
+    fn string(&mut self, what: &'static str) -> R<String> {
+        let at = self.pos;
+        let b = self.bytes(what)?;
+        std::str::from_utf8(b)
+            .map(str::to_owned)
+            .map_err(|_| DecodeError { what, at })
+    }
+
+    fn opt_string(&mut self, what: &'static str) -> R<Option<String>> {
+        Ok(if self.flag(what)? {
+            Some(self.string(what)?)
+        } else {
+            None
+        })
+    }
+
+    fn payload(&mut self, what: &'static str) -> R<Payload> {
+        Ok(Payload(self.bytes(what)?.to_vec()))
+    }
+
+    fn flag(&mut self, what: &'static str) -> R<bool> {
+        match self.byte(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError {
+                what,
+                at: self.pos - 1,
+            }),
+        }
+    }
+
+    fn endpoint(&mut self) -> R<Endpoint> {
+        let addr = match self.byte("address family")? {
+            4 => {
+                let b = self.take(4, "IPv4 address")?;
+                IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+            }
+            6 => {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(self.take(16, "IPv6 address")?);
+                IpAddr::V6(Ipv6Addr::from(a))
+            }
+            _ => return Err(self.err("address family")),
+        };
+        Ok(Endpoint {
+            addr,
+            port: self.small("port")?,
+            pid: if self.flag("pid")? {
+                Some(self.small("pid")?)
+            } else {
+                None
+            },
+            process: self.opt_string("process")?,
+            cgroup: self.opt_string("cgroup")?,
+            service: self.opt_string("service")?,
+        })
+    }
+
+    fn conn(&mut self) -> R<ConnectionMeta> {
+        Ok(ConnectionMeta {
+            id: self.varint("connection id")?,
+            client: self.endpoint()?,
+            server: self.endpoint()?,
+        })
+    }
+
+    fn protocol(&mut self) -> R<Protocol> {
+        Ok(match self.byte("protocol")? {
+            0 => Protocol::Http,
+            1 => Protocol::Redis,
+            2 => Protocol::Mysql,
+            3 => Protocol::Unknown,
+            _ => return Err(self.err("protocol")),
+        })
+    }
+
+    fn timing(&mut self) -> R<Timing> {
+        Ok(Timing {
+            request_start_ns: self.fixed("timing")?,
+            request_end_ns: self.fixed("timing")?,
+            response_start_ns: self.fixed("timing")?,
+            response_end_ns: self.fixed("timing")?,
+        })
+    }
+
+    fn flags(&mut self) -> R<Flags> {
+        let b = self.byte("flags")?;
+        if b >> 5 != 0 {
+            return Err(DecodeError {
+                what: "flags",
+                at: self.pos - 1,
+            });
+        }
+        Ok(Flags {
+            truncated: b & 1 != 0,
+            gap: b & 2 != 0,
+            unpaired: b & 4 != 0,
+            encrypted: b & 8 != 0,
+            unsupported: b & 16 != 0,
+        })
+    }
+
+    fn headers(&mut self) -> R<Vec<Header>> {
+        let n = self.len(2, "header count")?;
+        let mut hs = Vec::with_capacity(n);
+        for _ in 0..n {
+            hs.push(Header {
+                name: self.string("header name")?,
+                value: self.payload("header value")?,
+            });
+        }
+        Ok(hs)
+    }
+
+    fn body(&mut self) -> R<Body> {
+        Ok(Body {
+            raw: self.payload("body")?,
+            decoded: if self.flag("decoded body")? {
+                Some(self.payload("decoded body")?)
+            } else {
+                None
+            },
+            len: self.varint("body length")?,
+            truncated: self.flag("body truncated")?,
+        })
+    }
+
+    fn request(&mut self) -> R<Request> {
+        Ok(match self.byte("request kind")? {
+            0 => Request::Http(HttpRequest {
+                method: self.string("method")?,
+                target: self.string("target")?,
+                version: self.string("version")?,
+                headers: self.headers()?,
+                body: self.body()?,
+            }),
+            1 => {
+                let n = self.len(1, "argument count")?;
+                let mut args = Vec::with_capacity(n);
+                for _ in 0..n {
+                    args.push(self.payload("argument")?);
+                }
+                Request::Redis(RedisCommand {
+                    args,
+                    inline: self.flag("inline")?,
+                })
+            }
+            2 => Request::Mysql(self.mysql_command()?),
+            3 => Request::Raw {
+                data: self.payload("raw request")?,
+            },
+            _ => return Err(self.err("request kind")),
+        })
+    }
+
+    fn response(&mut self) -> R<Response> {
+        Ok(match self.byte("response kind")? {
+            0 => Response::Http(HttpResponse {
+                version: self.string("version")?,
+                status: self.small("status")?,
+                reason: self.string("reason")?,
+                headers: self.headers()?,
+                body: self.body()?,
+            }),
+            1 => Response::Redis(self.resp()?),
+            2 => Response::Mysql(self.mysql_response()?),
+            3 => Response::Raw {
+                data: self.payload("raw response")?,
+            },
+            _ => return Err(self.err("response kind")),
+        })
+    }
+
+    fn resp_list(&mut self) -> R<Vec<RespValue>> {
+        let n = self.len(1, "Redis array length")?;
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            items.push(self.resp()?);
+        }
+        Ok(items)
+    }
+
+    fn resp(&mut self) -> R<RespValue> {
+        if self.depth >= MAX_DEPTH {
+            return Err(self.err("Redis value nested too deep"));
+        }
+        self.depth += 1;
+        let v = self.resp_inner();
+        self.depth -= 1;
+        v
+    }
+
+    fn resp_inner(&mut self) -> R<RespValue> {
+        Ok(match self.byte("Redis value kind")? {
+            0 => RespValue::Simple(self.string("Redis simple string")?),
+            1 => RespValue::Error(self.string("Redis error")?),
+            2 => RespValue::Integer(self.zigzag("Redis integer")?),
+            3 => RespValue::Bulk(self.payload("Redis bulk string")?),
+            4 => RespValue::Null,
+            5 => RespValue::Array(self.resp_list()?),
+            6 => RespValue::Set(self.resp_list()?),
+            7 => {
+                let n = self.len(2, "Redis map length")?;
+                let mut pairs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let k = self.resp()?;
+                    let v = self.resp()?;
+                    pairs.push((k, v));
+                }
+                RespValue::Map(pairs)
+            }
+            8 => RespValue::Push(self.resp_list()?),
+            9 => RespValue::Boolean(self.flag("Redis boolean")?),
+            10 => RespValue::Double(f64::from_bits(self.fixed("Redis double")?)),
+            11 => RespValue::BigNumber(self.string("Redis big number")?),
+            12 => RespValue::Verbatim {
+                format: self.string("Redis verbatim format")?,
+                text: self.payload("Redis verbatim text")?,
+            },
+            13 => RespValue::BulkError(self.payload("Redis bulk error")?),
+            _ => return Err(self.err("Redis value kind")),
+        })
+    }
+
+    fn mysql_value(&mut self) -> R<MysqlValue> {
+        Ok(match self.byte("MySQL value kind")? {
+            0 => MysqlValue::Null,
+            1 => MysqlValue::Int(self.zigzag("MySQL integer")?),
+            2 => MysqlValue::UInt(self.varint("MySQL integer")?),
+            3 => MysqlValue::Float(f64::from_bits(self.fixed("MySQL float")?)),
+            4 => MysqlValue::Bytes(self.payload("MySQL bytes")?),
+            _ => return Err(self.err("MySQL value kind")),
+        })
+    }
+
+    fn mysql_values(&mut self) -> R<Vec<MysqlValue>> {
+        let n = self.len(1, "MySQL value count")?;
+        let mut vs = Vec::with_capacity(n);
+        for _ in 0..n {
+            vs.push(self.mysql_value()?);
+        }
+        Ok(vs)
+    }
+
+    fn mysql_command(&mut self) -> R<MysqlCommand> {
+        Ok(match self.byte("MySQL command kind")? {
+            0 => MysqlCommand::Query {
+                sql: self.string("SQL")?,
+            },
+            1 => MysqlCommand::StmtPrepare {
+                sql: self.string("SQL")?,
+            },
+            2 => MysqlCommand::StmtExecute {
+                statement_id: self.small("statement id")?,
+                sql: self.opt_string("SQL")?,
+                params: self.mysql_values()?,
+            },
+            3 => MysqlCommand::StmtClose {
+                statement_id: self.small("statement id")?,
+            },
+            4 => MysqlCommand::StmtReset {
+                statement_id: self.small("statement id")?,
+            },
+            5 => MysqlCommand::InitDb {
+                schema: self.string("schema")?,
+            },
+            6 => MysqlCommand::Ping,
+            7 => MysqlCommand::Quit,
+            8 => MysqlCommand::Other {
+                code: self.byte("command code")?,
+                data: self.payload("command data")?,
+            },
+            _ => return Err(self.err("MySQL command kind")),
+        })
+    }
+
+    fn mysql_response(&mut self) -> R<MysqlResponse> {
+        Ok(match self.byte("MySQL response kind")? {
+            0 => MysqlResponse::Ok {
+                affected_rows: self.varint("affected rows")?,
+                last_insert_id: self.varint("last insert id")?,
+                warnings: self.small("warnings")?,
+                info: self.string("info")?,
+            },
+            1 => MysqlResponse::Err {
+                code: self.small("error code")?,
+                sql_state: self.string("SQL state")?,
+                message: self.string("error message")?,
+            },
+            2 => {
+                let n = self.len(2, "result set count")?;
+                let mut sets = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let nc = self.len(3, "column count")?;
+                    let mut columns = Vec::with_capacity(nc);
+                    for _ in 0..nc {
+                        columns.push(MysqlColumn {
+                            name: self.string("column name")?,
+                            table: self.string("column table")?,
+                            column_type: self.byte("column type")?,
+                        });
+                    }
+                    let nr = self.len(1, "row count")?;
+                    let mut rows = Vec::with_capacity(nr);
+                    for _ in 0..nr {
+                        rows.push(self.mysql_values()?);
+                    }
+                    sets.push(MysqlResultSet { columns, rows });
+                }
+                MysqlResponse::ResultSets { sets }
+            }
+            3 => MysqlResponse::Prepared {
+                statement_id: self.small("statement id")?,
+                params: self.small("parameter count")?,
+                columns: self.small("column count")?,
+            },
+            4 => MysqlResponse::LocalInfile {
+                filename: self.string("file name")?,
+            },
+            _ => return Err(self.err("MySQL response kind")),
+        })
+    }
+
+    fn mysql_session(&mut self) -> R<MysqlSession> {
+        Ok(MysqlSession {
+            server_version: self.string("server version")?,
+            user: self.string("user")?,
+            schema: self.opt_string("schema")?,
+            capabilities: self.small("capabilities")?,
+        })
+    }
+}
