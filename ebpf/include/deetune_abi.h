@@ -46,6 +46,7 @@ enum dt_gap_reason {
 	DT_GAP_READ_FAILED = 3,
 	DT_GAP_IOV_LIMIT = 4,
 	DT_GAP_OTHER_PATH = 5, /* moved by sendfile/splice/io_uring/sendmmsg/a kernel thread */
+	DT_GAP_PEER_COPIED = 6, /* loopback dedup: not copied here, the captured server end has them */
 };
 
 enum dt_syscall {
@@ -67,7 +68,10 @@ enum dt_config_slot {
 	DT_CFG_FILTER_PORTS = 3,  /* non-zero: only connections with a port in `filter_ports` */
 	DT_CFG_CAP_BYTES = 4,     /* bytes copied per syscall at most */
 	DT_CFG_CHUNK_BYTES = 5,   /* payload bytes per data event (<= DT_CHUNK_MAX) */
-	DT_CFG_SLOTS = 8,
+	DT_CFG_LOOPBACK_DEDUP = 6,/* non-zero: loopback client ends of captured servers copy nothing */
+	DT_CFG_GEN = 7,           /* bumped by user space on every config write (cached verdicts) */
+	DT_CFG_WAKE_BYTES = 8,    /* wake the reader when the ring's waiting bytes cross this */
+	DT_CFG_SLOTS = 16,
 };
 
 /* Slots of the per-CPU `stats` array map (u64 each), counted by the kernel. */
@@ -82,7 +86,13 @@ enum dt_stat_slot {
 	DT_ST_CONN_FULL = 7,       /* connections not tracked: `conns` map full */
 	DT_ST_CONTROL_LOST = 8,    /* open/close/gap events that found no room */
 	DT_ST_OTHER_PATH = 9,      /* bytes of known connections moved by an unsupported path */
+	DT_ST_DEDUP_BYTES = 10,    /* loopback dedup: client-end bytes left to the server end */
 	DT_ST_SLOTS = 16,
+};
+
+/* The per-CPU `stats` map's single value. */
+struct dt_stats {
+	__u64 v[DT_ST_SLOTS];
 };
 
 struct dt_header {

@@ -155,20 +155,51 @@ struct dt_user_msghdr {
 	__u64 msg_iovlen;
 };
 
+/* Loopback dedup: a connection's 4-tuple, addresses as IPv6 (IPv4 as ::ffff:a.b.c.d). */
+struct dt_tuple {
+	__u8 laddr[16];
+	__u8 raddr[16];
+	__u16 lport;
+	__u16 rport;
+	__u32 _pad;
+};
+
+#define DT_NONE (~0ULL)
+
 struct conn {
 	__u64 id;
-	__u64 pos[2]; /* next byte position per enum dt_dir */
-	__u32 tgid;   /* the (tgid, fd) last checked to name this sock */
+	__u64 pos[2];       /* next byte position per enum dt_dir */
+	__u64 peer;         /* dedup, loopback client ends: the server end's sock (0: unknown) */
+	__u64 peer_id;      /* dedup: the server end's conn id once seen in `conns` (0: not yet) */
+	__u64 mute_from[2]; /* dedup: where the current run of uncopied bytes began (DT_NONE: none) */
+	__u32 tgid;         /* the (tgid, fd) last checked to name this sock */
 	__u32 fd;
+	__u32 gen;          /* config generation `allowed` was computed at */
+	__u32 ok_tgid;      /* the tgid `allowed` was computed for */
 	__u16 lport;
 	__u16 rport;
 	__u8 role;
-	__u8 announced; /* 0: its open event found no room in the ring buffer (retried) */
-	__u8 _pad[2];
+	__u8 announced;     /* 0: its open event found no room in the ring buffer (retried) */
+	__u8 allowed;       /* filters let this connection through (at `gen`, for `ok_tgid`) */
+	__u8 lo;            /* a client end with a loopback peer */
+	__u8 other_path[2]; /* bytes were moved by another path, per direction */
+	__u8 _pad[6];
 };
 
 struct dt_config {
 	__u64 v[DT_CFG_SLOTS];
+};
+
+/* What every chunk of one syscall shares: written once per syscall, per CPU. */
+struct dt_emit_ctx {
+	__u64 conn_id;
+	__u64 ts_ns;
+	__u64 chunk;     /* payload bytes per event */
+	__u64 wake_left; /* ring bytes until the wake-up threshold is crossed (DT_NONE: no wake-up) */
+	__u32 tgid;
+	__u8 dir;
+	__u8 syscall;
+	__u8 _pad[2];
 };
 
 struct {
@@ -185,9 +216,9 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, DT_ST_SLOTS);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct dt_stats);
 } stats SEC(".maps");
 
 struct {
@@ -201,8 +232,8 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct dt_data_event);
-} scratch SEC(".maps");
+	__type(value, struct dt_emit_ctx);
+} emit_ctx SEC(".maps");
 
 /* Captured connections by sock address; deleted when the sock reaches TCP_CLOSE. */
 struct {
@@ -212,8 +243,8 @@ struct {
 	__type(value, struct conn);
 } conns SEC(".maps");
 
-/* Sockets the port filter keeps out, by sock address -> lport << 16 | rport: kept apart from
- * `conns` so that other traffic never evicts a captured connection. */
+/* Sockets the filters keep out, by sock address -> config generation of that verdict: kept
+ * apart from `conns` so that other traffic never evicts a captured connection. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
@@ -228,6 +259,15 @@ struct {
 	__type(key, __u64);
 	__type(value, __u8);
 } roles SEC(".maps");
+
+/* Loopback dedup: server ends (accepted socks) of loopback connections by their tuple, from
+ * TCP_ESTABLISHED to TCP_CLOSE; the client end looks its server end up by the reversed tuple. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct dt_tuple);
+	__type(value, __u64);
+} lo_servers SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -251,23 +291,25 @@ struct {
 } filter_ports SEC(".maps");
 
 /*
- * Wake-up batching: waking the reader for every event costs a context switch per syscall.
- * Events are submitted without a wake-up until DT_WAKE_BYTES are waiting; user space also
- * drains the ring on a short timer (see recorder/src/capture/load.rs, DRAIN_EVERY).
+ * Wake-up batching: waking the reader costs a context switch (and an irq_work IPI in the
+ * writer). Events are submitted without a wake-up; the one data event that makes the waiting
+ * bytes cross DT_CFG_WAKE_BYTES forces one, and user space also drains the ring on a short
+ * timer (recorder/src/capture/load.rs, DRAIN_EVERY). Waking on *every* event above the
+ * threshold (the earlier rule) cost an IPI per event until the reader caught up.
  */
-#define DT_WAKE_BYTES (64 * 1024)
+#define DT_WAKE_BYTES_DEFAULT (1024 * 1024)
 
-static __always_inline __u64 wake_flags(void)
+static __always_inline struct dt_stats *get_stats(void)
 {
-	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= DT_WAKE_BYTES ? BPF_RB_FORCE_WAKEUP
-									      : BPF_RB_NO_WAKEUP;
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&stats, &zero);
 }
 
 static __always_inline void count(__u32 slot, __u64 n)
 {
-	__u64 *v = bpf_map_lookup_elem(&stats, &slot);
-	if (v)
-		*v += n; /* per-CPU: no atomics needed */
+	struct dt_stats *st = get_stats();
+	if (st && slot < DT_ST_SLOTS)
+		st->v[slot] += n; /* per-CPU: no atomics needed */
 }
 
 static __always_inline struct dt_config *get_config(void)
@@ -316,12 +358,18 @@ static __always_inline void emit_gap(__u64 conn_id, __u32 tgid, __u8 dir, __u64 
 	e->dir = dir;
 	e->reason = reason;
 	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
-	bpf_ringbuf_submit(e, wake_flags());
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	count(DT_ST_EVENTS, 1);
 }
 
 static __always_inline void emit_close(struct conn *c)
 {
+	/* Loopback dedup: the uncopied tail of each direction, so user space skips it. */
+	for (int d = 0; d < 2; d++) {
+		__u64 from = c->mute_from[d];
+		if (from != DT_NONE && c->pos[d] > from)
+			emit_gap(c->id, c->tgid, d, from, c->pos[d] - from, DT_GAP_PEER_COPIED);
+	}
 	struct dt_close_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(DT_ST_CONTROL_LOST, 1);
@@ -333,7 +381,7 @@ static __always_inline void emit_close(struct conn *c)
 	e->hdr.ts_ns = bpf_ktime_get_ns();
 	e->sent = c->pos[DT_DIR_SEND];
 	e->received = c->pos[DT_DIR_RECV];
-	bpf_ringbuf_submit(e, wake_flags());
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	count(DT_ST_EVENTS, 1);
 }
 
@@ -364,7 +412,7 @@ static __always_inline int emit_open(struct conn *c, struct sock *sk, __u32 tgid
 		BPF_CORE_READ_INTO((__u32 *)&e->raddr, sk, __sk_common.skc_daddr);
 	}
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
-	bpf_ringbuf_submit(e, wake_flags());
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	count(DT_ST_EVENTS, 1);
 	return 0;
 }
@@ -380,11 +428,49 @@ static __always_inline int announce(struct conn *c, struct sock *sk, __u32 tgid,
 	return 1;
 }
 
+/* The tuple of `sk` as IPv6 addresses (IPv4 mapped); `rev` swaps local and remote. Returns
+ * whether the remote end is a loopback address (127.0.0.0/8, ::1, ::ffff:127.x.y.z). */
+static __always_inline int sk_tuple(struct sock *sk, struct dt_tuple *t, int rev)
+{
+	union {
+		__u8 b[16];
+		__u32 w[4];
+		__u64 q[2];
+	} l = {}, r = {};
+	if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET6) {
+		BPF_CORE_READ_INTO(&l.b, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&r.b, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	} else {
+		l.w[2] = r.w[2] = 0xffff0000; /* ::ffff:0:0/96 (bytes 00 00 ff ff, little endian) */
+		BPF_CORE_READ_INTO(&l.w[3], sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO(&r.w[3], sk, __sk_common.skc_daddr);
+	}
+	__u16 lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	__u16 rport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (rev) {
+		__builtin_memcpy(t->laddr, r.b, 16);
+		__builtin_memcpy(t->raddr, l.b, 16);
+		t->lport = rport;
+		t->rport = lport;
+	} else {
+		__builtin_memcpy(t->laddr, l.b, 16);
+		__builtin_memcpy(t->raddr, r.b, 16);
+		t->lport = lport;
+		t->rport = rport;
+	}
+	t->_pad = 0;
+	if (r.q[0] != 0)
+		return 0;
+	if (r.w[2] == 0xffff0000)
+		return r.b[12] == 127;          /* ::ffff:127.0.0.0/104 */
+	return r.w[2] == 0 && r.w[3] == 0x01000000; /* ::1 */
+}
+
 /*
  * A new connection for `skp`, first seen by (tgid, fd) (already checked to name it), stored in
- * `conns`; or 0 when its ports are filtered out: then remembered in `skipped`, so later data
- * on it costs two lookups, until the port filter lets it through (it then starts at
- * position 0). Announced by the caller.
+ * `conns`; or 0 when its ports are filtered out: then remembered in `skipped` with the config
+ * generation, so later data on it costs one lookup until the config changes (it then starts
+ * at position 0). Announced by the caller.
  */
 static __always_inline struct conn *new_conn(struct dt_config *cfg, __u32 tgid, __u32 fd,
 					     __u64 skp)
@@ -392,23 +478,32 @@ static __always_inline struct conn *new_conn(struct dt_config *cfg, __u32 tgid, 
 	struct sock *sk = (struct sock *)skp;
 	struct conn nc = {};
 	__u32 zero = 0;
+	nc.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	nc.rport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	__u32 gen = cfg->v[DT_CFG_GEN];
+	if (!ports_allowed(cfg, nc.lport, nc.rport)) {
+		bpf_map_update_elem(&skipped, &skp, &gen, BPF_ANY);
+		return 0;
+	}
 	__u64 *ids = bpf_map_lookup_elem(&next_id, &zero);
 	if (!ids)
 		return 0;
 	nc.id = __sync_fetch_and_add(ids, 1) + 1;
 	nc.tgid = tgid;
 	nc.fd = fd;
-	nc.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	nc.rport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	if (!ports_allowed(cfg, nc.lport, nc.rport)) {
-		__u32 ports = (__u32)nc.lport << 16 | nc.rport;
-		bpf_map_update_elem(&skipped, &skp, &ports, BPF_ANY);
-		return 0;
-	}
+	nc.gen = gen;
+	nc.ok_tgid = tgid;
+	nc.allowed = 1;
+	nc.mute_from[0] = DT_NONE;
+	nc.mute_from[1] = DT_NONE;
 	__u8 *role = bpf_map_lookup_elem(&roles, &skp);
 	if (role) {
 		nc.role = *role;
 		bpf_map_delete_elem(&roles, &skp);
+	}
+	if (nc.role == DT_ROLE_CLIENT && cfg->v[DT_CFG_LOOPBACK_DEDUP]) {
+		struct dt_tuple t;
+		nc.lo = sk_tuple(sk, &t, 0);
 	}
 	if (bpf_map_update_elem(&conns, &skp, &nc, BPF_NOEXIST)) {
 		/* Another CPU stored it first (or the table is full): use what is there. */
@@ -421,57 +516,123 @@ static __always_inline struct conn *new_conn(struct dt_config *cfg, __u32 tgid, 
 }
 
 /*
- * One data event: `n` bytes at user address `src`. A global (not inlined) function so the
- * verifier checks it once rather than in every iteration of the caller's loop.
- * meta = tgid | dir << 32 | syscall << 40. Returns 0 when the event reached the ring buffer.
+ * Loopback dedup: whether the bytes a loopback client end moves in `dir` are (or will be)
+ * copied on its server end, so this end need not copy them. Yes when the server end is a
+ * captured connection that has not lost bytes of that stream to another path (sendfile,
+ * splice: then this end copies them); also yes when the server end is established but has
+ * moved no bytes yet and no pid/cgroup filter could keep its process out (the port filter
+ * treats both ends alike). In every other case this end copies: a duplicate, never a loss.
  */
-__noinline int dt_emit_chunk(__u64 conn_id, __u64 meta, __u64 pos, __u64 src, __u64 n)
+static __always_inline int peer_copies(struct dt_config *cfg, struct conn *c, __u64 skp, __u8 dir)
+{
+	if (!c->lo || !cfg->v[DT_CFG_LOOPBACK_DEDUP])
+		return 0;
+	if (!c->peer) {
+		struct dt_tuple t;
+		sk_tuple((struct sock *)skp, &t, 1);
+		__u64 *p = bpf_map_lookup_elem(&lo_servers, &t);
+		if (!p)
+			return 0; /* server end not established (yet), or not on this host */
+		c->peer = *p;
+	}
+	struct conn *s = bpf_map_lookup_elem(&conns, &c->peer);
+	if (s && (!c->peer_id || s->id == c->peer_id)) {
+		c->peer_id = s->id;
+		return s->announced && s->allowed && s->gen == cfg->v[DT_CFG_GEN] &&
+		       !s->other_path[dir ^ 1];
+	}
+	if (c->peer_id)
+		/* The server end closed (its sock is gone): what this end still moves was sent
+		 * before that (copied there) or is never read. Keep the last decision. */
+		return c->mute_from[dir] != DT_NONE;
+	return !cfg->v[DT_CFG_FILTER_PIDS] && !cfg->v[DT_CFG_FILTER_CGROUPS];
+}
+
+/* Ring record sizes: a data event reserves the smallest class that holds its payload (the
+ * verifier wants a constant size), so one copy goes from user memory straight into the ring. */
+#define DT_DATA_HDR 40 /* offsetof(struct dt_data_event, data) */
+#define DT_EMIT_CLASS(SZ)                                                                  \
+	if (n <= (SZ)) {                                                                   \
+		e = bpf_ringbuf_reserve(&events, DT_DATA_HDR + (SZ), 0);                   \
+		if (!e)                                                                    \
+			goto full;                                                         \
+		if (bpf_probe_read_user(e->data, n, (void *)src))                          \
+			goto unreadable;                                                   \
+		goto filled;                                                               \
+	}
+
+/*
+ * One data event: `n` bytes at user address `src` at stream position `pos`; the rest of the
+ * event comes from this CPU's emit_ctx. A global (not inlined) function so the verifier
+ * checks it once rather than in every iteration of the caller's loop. Returns 0 when the
+ * event reached the ring buffer.
+ */
+__noinline int dt_emit_chunk(__u64 pos, __u64 src, __u64 n)
 {
 	__u32 zero = 0;
-	__u32 tgid = meta;
-	__u8 dir = (meta >> 32) & 1;
-	__u8 syscall = meta >> 40;
-	struct dt_data_event *e = bpf_map_lookup_elem(&scratch, &zero);
-	if (!e)
+	struct dt_emit_ctx *x = bpf_map_lookup_elem(&emit_ctx, &zero);
+	struct dt_stats *st = get_stats();
+	struct dt_data_event *e;
+	if (!x || !st)
 		return -1;
 	if (n > DT_CHUNK_MAX)
 		n = DT_CHUNK_MAX;
+	if (n == 0)
+		return 0;
+	DT_EMIT_CLASS(128)
+	DT_EMIT_CLASS(512)
+	DT_EMIT_CLASS(2048)
+	DT_EMIT_CLASS(4096)
+	DT_EMIT_CLASS(8192)
+	DT_EMIT_CLASS(DT_CHUNK_MAX)
+	return -1;
+filled:
 	e->hdr.kind = DT_EV_DATA;
-	e->hdr.tgid = tgid;
-	e->hdr.conn_id = conn_id;
-	e->hdr.ts_ns = bpf_ktime_get_ns();
+	e->hdr.tgid = x->tgid;
+	e->hdr.conn_id = x->conn_id;
+	e->hdr.ts_ns = x->ts_ns;
 	e->pos = pos;
 	e->len = n;
-	e->dir = dir;
-	e->syscall = syscall;
+	e->dir = x->dir;
+	e->syscall = x->syscall;
 	e->_pad = 0;
-	if (bpf_probe_read_user(e->data, n, (void *)src)) {
-		count(DT_ST_READ_FAILED, n);
-		emit_gap(conn_id, tgid, dir, pos, n, DT_GAP_READ_FAILED);
-		return -1;
+	__u64 flags = BPF_RB_NO_WAKEUP;
+	__u64 rec = DT_DATA_HDR + n;
+	if (x->wake_left != DT_NONE) {
+		if (rec >= x->wake_left) {
+			flags = BPF_RB_FORCE_WAKEUP;
+			x->wake_left = DT_NONE;
+		} else {
+			x->wake_left -= rec;
+		}
 	}
-	if (bpf_ringbuf_output(&events, e, offsetof(struct dt_data_event, data) + n,
-			       wake_flags())) {
-		count(DT_ST_RB_FULL_EVENTS, 1);
-		count(DT_ST_RB_FULL_BYTES, n);
-		emit_gap(conn_id, tgid, dir, pos, n, DT_GAP_RINGBUF_FULL);
-		return -1;
-	}
-	count(DT_ST_EVENTS, 1);
-	count(DT_ST_BYTES, n);
+	bpf_ringbuf_submit(e, flags);
+	st->v[DT_ST_EVENTS] += 1;
+	st->v[DT_ST_BYTES] += n;
 	return 0;
+unreadable:
+	bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+	st->v[DT_ST_READ_FAILED] += n;
+	emit_gap(x->conn_id, x->tgid, x->dir, pos, n, DT_GAP_READ_FAILED);
+	return -1;
+full:
+	st->v[DT_ST_RB_FULL_EVENTS] += 1;
+	st->v[DT_ST_RB_FULL_BYTES] += n;
+	emit_gap(x->conn_id, x->tgid, x->dir, pos, n, DT_GAP_RINGBUF_FULL);
+	return -1;
 }
 
 /*
  * Emits `len` bytes at user address `src` in chunks; returns the bytes accounted for (all of
  * them: a chunk that failed is reported as a gap by dt_emit_chunk). Global, verified once.
  */
-__noinline __u64 dt_emit_range(__u64 conn_id, __u64 meta, __u64 pos, __u64 src, __u64 len)
+__noinline __u64 dt_emit_range(__u64 pos, __u64 src, __u64 len)
 {
-	__u64 chunk = DT_CHUNK_MAX;
-	struct dt_config *cfg = get_config();
-	if (cfg && cfg->v[DT_CFG_CHUNK_BYTES] > 0 && cfg->v[DT_CFG_CHUNK_BYTES] < DT_CHUNK_MAX)
-		chunk = cfg->v[DT_CFG_CHUNK_BYTES];
+	__u32 zero = 0;
+	struct dt_emit_ctx *x = bpf_map_lookup_elem(&emit_ctx, &zero);
+	if (!x)
+		return 0;
+	__u64 chunk = x->chunk;
 	__u64 done = 0;
 	for (int i = 0; i < DT_CHUNKS_MAX; i++) {
 		if (done >= len)
@@ -479,10 +640,22 @@ __noinline __u64 dt_emit_range(__u64 conn_id, __u64 meta, __u64 pos, __u64 src, 
 		__u64 n = len - done;
 		if (n > chunk)
 			n = chunk;
-		dt_emit_chunk(conn_id, meta, pos + done, src + done, n);
+		dt_emit_chunk(pos + done, src + done, n);
 		done += n;
 	}
 	return done;
+}
+
+/* Whether the filters let `c` through for `tgid`, cached per config generation. */
+static __always_inline int conn_allowed(struct dt_config *cfg, struct conn *c, __u32 tgid)
+{
+	__u32 gen = cfg->v[DT_CFG_GEN];
+	if (c->gen != gen || c->ok_tgid != tgid) {
+		c->allowed = tgid_allowed(cfg, tgid) && ports_allowed(cfg, c->lport, c->rport);
+		c->ok_tgid = tgid;
+		c->gen = gen;
+	}
+	return c->allowed;
 }
 
 static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
@@ -496,13 +669,16 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 		return;
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
-	if (!tgid_allowed(cfg, tgid))
+	if (tgid == cfg->v[DT_CFG_SELF_TGID])
 		return;
+	dir &= 1;
 	struct conn *c = bpf_map_lookup_elem(&conns, &skp);
 	if (!c) {
-		__u32 *ports = bpf_map_lookup_elem(&skipped, &skp);
-		if (ports) {
-			if (!ports_allowed(cfg, *ports >> 16, *ports & 0xffff))
+		if (!tgid_allowed(cfg, tgid))
+			return;
+		__u32 *gen = bpf_map_lookup_elem(&skipped, &skp);
+		if (gen) {
+			if (*gen == (__u32)cfg->v[DT_CFG_GEN])
 				return; /* a known socket the port filter keeps out */
 			bpf_map_delete_elem(&skipped, &skp);
 		} else if (!is_tcp((struct sock *)skp)) {
@@ -567,10 +743,11 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 	if (!syscall) {
 		/* Another path (sendfile, splice, io_uring, kernel): a gap on known connections. */
 		if (c && c->announced) {
-			__u64 p = __sync_fetch_and_add(&c->pos[dir & 1], (__u64)ret);
+			__u64 p = __sync_fetch_and_add(&c->pos[dir], (__u64)ret);
+			c->other_path[dir] = 1;
 			count(DT_ST_OTHER_PATH, ret);
 			if (ports_allowed(cfg, c->lport, c->rport))
-				emit_gap(c->id, tgid, dir & 1, p, ret, DT_GAP_OTHER_PATH);
+				emit_gap(c->id, tgid, dir, p, ret, DT_GAP_OTHER_PATH);
 		}
 		return;
 	}
@@ -581,21 +758,48 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 	}
 	if (!announce(c, (struct sock *)skp, tgid, fd))
 		return;
-	dir &= 1;
 	__u64 total = ret;
 	__u64 pos0 = __sync_fetch_and_add(&c->pos[dir], total);
-	if (!ports_allowed(cfg, c->lport, c->rport))
+	if (!conn_allowed(cfg, c, tgid))
 		return; /* filtered out after the connection was first seen */
+	if (peer_copies(cfg, c, skp, dir)) {
+		if (c->mute_from[dir] == DT_NONE)
+			c->mute_from[dir] = pos0;
+		count(DT_ST_DEDUP_BYTES, total);
+		return;
+	}
+	if (c->mute_from[dir] != DT_NONE) {
+		/* Copying again: tell user space which bytes the server end has. */
+		__u64 from = c->mute_from[dir];
+		c->mute_from[dir] = DT_NONE;
+		if (pos0 > from)
+			emit_gap(c->id, tgid, dir, from, pos0 - from, DT_GAP_PEER_COPIED);
+	}
 
-	__u64 conn_id = c->id;
-	__u64 meta = tgid | ((__u64)dir << 32) | ((__u64)syscall << 40);
+	__u32 zero = 0;
+	struct dt_emit_ctx *x = bpf_map_lookup_elem(&emit_ctx, &zero);
+	if (!x)
+		return;
+	x->conn_id = c->id;
+	x->ts_ns = bpf_ktime_get_ns();
+	x->tgid = tgid;
+	x->dir = dir;
+	x->syscall = syscall;
+	__u64 chunk = cfg->v[DT_CFG_CHUNK_BYTES];
+	x->chunk = chunk > 0 && chunk < DT_CHUNK_MAX ? chunk : DT_CHUNK_MAX;
+	__u64 wake = cfg->v[DT_CFG_WAKE_BYTES];
+	if (!wake)
+		wake = DT_WAKE_BYTES_DEFAULT;
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	x->wake_left = avail < wake ? wake - avail : DT_NONE;
+
 	__u64 cap = cfg->v[DT_CFG_CAP_BYTES];
 	if (cap > (__u64)DT_CHUNK_MAX * DT_CHUNKS_MAX)
 		cap = (__u64)DT_CHUNK_MAX * DT_CHUNKS_MAX;
 	__u64 left = total < cap ? total : cap; /* bytes we may copy */
 	__u64 done = 0;                        /* bytes accounted for */
 	if (!iovcnt) {
-		done = dt_emit_range(conn_id, meta, pos0, buf, left);
+		done = dt_emit_range(pos0, buf, left);
 	} else {
 		__u32 n_iov = iovcnt < DT_IOV_MAX ? iovcnt : DT_IOV_MAX;
 		for (__u32 j = 0; j < DT_IOV_MAX; j++) {
@@ -607,13 +811,13 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 			__u64 n = left - done;
 			if (iov.len < n)
 				n = iov.len;
-			done += dt_emit_range(conn_id, meta, pos0 + done, iov.base, n);
+			done += dt_emit_range(pos0 + done, iov.base, n);
 		}
 	}
 	if (done < total) {
 		__u64 missing = total - done;
 		count(DT_ST_GAP_OVER_CAP, missing);
-		emit_gap(conn_id, tgid, dir, pos0 + done, missing,
+		emit_gap(c->id, tgid, dir, pos0 + done, missing,
 			 done >= left ? DT_GAP_OVER_CAP : DT_GAP_IOV_LIMIT);
 	}
 }
@@ -646,14 +850,29 @@ int dt_sock_state(struct bpf_raw_tracepoint_args *ctx)
 						       : DT_ROLE_UNKNOWN;
 		if (role != DT_ROLE_UNKNOWN)
 			bpf_map_update_elem(&roles, &sk, &role, BPF_ANY);
+		if (role == DT_ROLE_SERVER) {
+			struct dt_config *cfg = get_config();
+			struct dt_tuple t;
+			if (cfg && cfg->v[DT_CFG_LOOPBACK_DEDUP] && sk_tuple((struct sock *)sk, &t, 0))
+				bpf_map_update_elem(&lo_servers, &t, &sk, BPF_ANY);
+		}
 	} else if (newstate == TCP_CLOSE) {
 		struct conn *c = bpf_map_lookup_elem(&conns, &sk);
 		if (c) {
 			if (c->announced)
 				emit_close(c);
+			if (c->role == DT_ROLE_SERVER) {
+				struct dt_tuple t;
+				if (sk_tuple((struct sock *)sk, &t, 0))
+					bpf_map_delete_elem(&lo_servers, &t);
+			}
 			bpf_map_delete_elem(&conns, &sk);
 		} else {
 			bpf_map_delete_elem(&skipped, &sk);
+			struct dt_config *cfg = get_config();
+			struct dt_tuple t;
+			if (cfg && cfg->v[DT_CFG_LOOPBACK_DEDUP] && sk_tuple((struct sock *)sk, &t, 0))
+				bpf_map_delete_elem(&lo_servers, &t);
 		}
 		bpf_map_delete_elem(&roles, &sk);
 	}

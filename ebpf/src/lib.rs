@@ -69,6 +69,9 @@ pub mod gap {
     /// Moved by a path the capture does not copy (sendfile, splice, io_uring, sendmmsg,
     /// a kernel thread).
     pub const OTHER_PATH: u8 = 5;
+    /// Loopback dedup: not copied on this (client) end because the captured server end of
+    /// the same connection has the bytes. User space skips them without a gap.
+    pub const PEER_COPIED: u8 = 6;
 }
 
 /// `enum dt_syscall`: the syscall that moved the bytes.
@@ -105,9 +108,15 @@ pub mod config {
     pub const CAP_BYTES: usize = 4;
     /// Payload bytes per data event.
     pub const CHUNK_BYTES: usize = 5;
+    /// Non-zero: loopback client ends of captured server ends copy no payload.
+    pub const LOOPBACK_DEDUP: usize = 6;
+    /// Bumped on every config write: the kernel caches filter verdicts per generation.
+    pub const GEN: usize = 7;
+    /// Wake the reader when the bytes waiting in the ring cross this (0: 1 MiB).
+    pub const WAKE_BYTES: usize = 8;
 }
 /// Number of `u64` slots in the config value.
-pub const CONFIG_SLOTS: usize = 8;
+pub const CONFIG_SLOTS: usize = 16;
 
 /// `enum dt_stat_slot`: indices into the per-CPU `stats` map.
 pub mod stat {
@@ -131,8 +140,10 @@ pub mod stat {
     pub const CONTROL_LOST: u32 = 8;
     /// Bytes of known connections moved by a path the capture does not copy.
     pub const OTHER_PATH: u32 = 9;
+    /// Loopback dedup: bytes a client end did not copy because its server end has them.
+    pub const DEDUP_BYTES: u32 = 10;
 }
-/// Number of stats slots.
+/// Number of stats slots (`struct dt_stats`: the per-CPU `stats` map's one value).
 pub const STAT_SLOTS: u32 = 16;
 
 /// Names of the kernel maps user space touches.
@@ -141,7 +152,7 @@ pub mod maps {
     pub const EVENTS: &str = "events";
     /// `[u64; CONFIG_SLOTS]` at index 0.
     pub const CONFIG: &str = "config";
-    /// Per-CPU `u64` counters.
+    /// Per-CPU `[u64; STAT_SLOTS]` counters at index 0.
     pub const STATS: &str = "stats";
     /// `u32` tgid → `u8`.
     pub const FILTER_PIDS: &str = "filter_pids";

@@ -19,6 +19,28 @@ pub struct CaptureConfig {
     pub cgroups: Vec<u64>,
     /// Only connections whose local or remote port is one of these.
     pub ports: Vec<u16>,
+    /// Loopback de-duplication in the kernel (off by default; also settable at run time with
+    /// [`crate::Capture::set_loopback_dedup`]).
+    ///
+    /// A loopback connection (peer `127.0.0.0/8`, `::1` or `::ffff:127.x.y.z`) whose *both*
+    /// ends are captured would be copied twice. With this on, the server end (the accepted
+    /// socket) is copied as usual, and the **client end produces only
+    /// [`crate::StreamEvent::Opened`] (role `Client`) and [`crate::StreamEvent::Closed`], no
+    /// `Data` and no `Gap` events**, while its server end is being captured; the bytes it
+    /// leaves out are counted in [`crate::CaptureStats::dedup_bytes`] (and
+    /// [`crate::KernelLosses::dedup_bytes`] for the kernel's count), never reported as a gap.
+    ///
+    /// The client end copies (and so produces `Data` as without dedup) whenever the server end
+    /// might not have the bytes: the server end is not captured (filtered out by pid, cgroup
+    /// or port, or not on this host), or it is not established yet at the client's first
+    /// write and a pid/cgroup filter is set, or the server end moved bytes of that direction
+    /// by another path (sendfile/splice: an `OtherPath` gap there): from then on the client
+    /// end delivers those bytes itself. Bytes the server reads by such a path after the
+    /// client end skipped them stay an `OtherPath` gap on the server end (counted, not
+    /// silent). So a consumer that keeps, for loopback connections, the server end's
+    /// exchanges and drops the client end's (the rule the recorder already follows) gets
+    /// each exchange once.
+    pub loopback_dedup: bool,
 }
 
 impl Default for CaptureConfig {
@@ -30,6 +52,7 @@ impl Default for CaptureConfig {
             pids: Vec::new(),
             cgroups: Vec::new(),
             ports: Vec::new(),
+            loopback_dedup: false,
         }
     }
 }
@@ -48,6 +71,13 @@ impl CaptureConfig {
     pub fn effective_chunk(&self) -> u32 {
         let max = u32::try_from(deetune_ebpf::CHUNK_MAX).unwrap_or(u32::MAX);
         self.chunk_bytes.clamp(1, max)
+    }
+
+    /// Waiting ring-buffer bytes at which the kernel wakes the reader: an eighth of the ring
+    /// (below that the reader drains on its timer), at least 64 KiB.
+    #[must_use]
+    pub fn wake_bytes(&self) -> u64 {
+        (u64::from(self.effective_ring_bytes()) / 8).max(64 * 1024)
     }
 
     /// The ring buffer size handed to the kernel: a power of two of at least 4 KiB.

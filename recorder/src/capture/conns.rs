@@ -1,6 +1,7 @@
 //! The connection table: turns decoded kernel records into [`StreamEvent`]s.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use deetune_ebpf as abi;
@@ -61,10 +62,33 @@ fn gap_reason(r: u8) -> GapReason {
     }
 }
 
+/// Hasher for kernel connection ids (sequential, chosen by the kernel, not by a peer): one
+/// multiply instead of SipHash's rounds, three lookups per record.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
 /// Connections by kernel id, and the clock offset to turn kernel timestamps into Unix time.
 pub(crate) struct Table {
-    conns: HashMap<u64, Conn>,
-    infos: HashMap<u64, ConnInfo>,
+    conns: IdMap<Conn>,
+    infos: IdMap<ConnInfo>,
     /// Unix ns minus monotonic ns.
     clock_offset: i128,
     pieces: Vec<Piece>,
@@ -73,8 +97,8 @@ pub(crate) struct Table {
 impl Table {
     pub(crate) fn new(clock_offset: i128) -> Self {
         Self {
-            conns: HashMap::new(),
-            infos: HashMap::new(),
+            conns: IdMap::default(),
+            infos: IdMap::default(),
             clock_offset,
             pieces: Vec::new(),
         }
@@ -123,13 +147,34 @@ impl Table {
                     return;
                 };
                 let ts = self.unix(e.hdr.ts_ns);
-                let Some(c) = self.conns.get_mut(&e.hdr.conn_id) else {
+                let id = e.hdr.conn_id;
+                let Some(c) = self.conns.get_mut(&id) else {
                     stats.orphan_records += 1;
                     return;
                 };
                 let d = usize::from(e.dir & 1);
+                let dir = c.direction(e.dir & 1);
+                // Chunks of one syscall (same timestamp) in order: extend its event rather
+                // than allocate one per chunk.
+                if let Some(StreamEvent::Data {
+                    conn,
+                    dir: last_dir,
+                    ts_ns,
+                    bytes,
+                }) = out.last_mut()
+                {
+                    if *conn == id
+                        && *last_dir == dir
+                        && *ts_ns == ts
+                        && c.streams[d].try_append(e.pos, payload.len() as u64)
+                    {
+                        bytes.extend_from_slice(payload);
+                        count_bytes(stats, dir, payload.len() as u64);
+                        return;
+                    }
+                }
                 c.streams[d].data(e.pos, ts, payload.to_vec(), &mut self.pieces);
-                self.flush(e.hdr.conn_id, e.dir & 1, stats, out);
+                self.flush(id, e.dir & 1, stats, out);
             }
             abi::kind::GAP => {
                 let Some(e) = abi::read::<abi::GapEvent>(rec) else {
@@ -142,7 +187,12 @@ impl Table {
                     return;
                 };
                 let d = usize::from(e.dir & 1);
-                c.streams[d].gap(e.pos, ts, e.len, gap_reason(e.reason), &mut self.pieces);
+                if e.reason == abi::gap::PEER_COPIED {
+                    stats.dedup_bytes += e.len;
+                    c.streams[d].skip(e.pos, ts, e.len, &mut self.pieces);
+                } else {
+                    c.streams[d].gap(e.pos, ts, e.len, gap_reason(e.reason), &mut self.pieces);
+                }
                 self.flush(e.hdr.conn_id, e.dir & 1, stats, out);
             }
             abi::kind::CLOSE => {
@@ -227,11 +277,7 @@ impl Table {
             stats.events += 1;
             match p {
                 Piece::Data { ts_ns, bytes } => {
-                    stats.bytes += bytes.len() as u64;
-                    match dir {
-                        Direction::Request => stats.request_bytes += bytes.len() as u64,
-                        Direction::Response => stats.response_bytes += bytes.len() as u64,
-                    }
+                    count_bytes(stats, dir, bytes.len() as u64);
                     out.push(StreamEvent::Data {
                         conn: id,
                         dir,
@@ -316,6 +362,14 @@ impl Table {
     /// Unix ns now, by the same clock as event timestamps.
     pub(crate) fn now_unix(&self) -> u64 {
         self.unix(monotonic_ns())
+    }
+}
+
+fn count_bytes(stats: &mut CaptureStats, dir: Direction, n: u64) {
+    stats.bytes += n;
+    match dir {
+        Direction::Request => stats.request_bytes += n,
+        Direction::Response => stats.response_bytes += n,
     }
 }
 

@@ -28,6 +28,7 @@ const HOLE_WAIT: Duration = Duration::from_millis(200);
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
 /// How often connections of exited processes are looked for.
 const REAP_EVERY: Duration = Duration::from_secs(1);
+const STAT_SLOTS: usize = abi::STAT_SLOTS as usize;
 
 /// A running capture: the loaded programs and the reassembled event stream.
 ///
@@ -143,7 +144,9 @@ impl Capture {
         slots[abi::config::SELF_TGID] = u64::from(std::process::id());
         slots[abi::config::CAP_BYTES] = u64::from(config.effective_cap());
         slots[abi::config::CHUNK_BYTES] = u64::from(config.effective_chunk());
-        write_config(&mut ebpf, &slots)?;
+        slots[abi::config::LOOPBACK_DEDUP] = u64::from(config.loopback_dedup);
+        slots[abi::config::WAKE_BYTES] = config.wake_bytes();
+        write_config(&mut ebpf, &mut slots)?;
         let mut me = PartialCapture { ebpf, slots };
         me.set_list(
             abi::maps::FILTER_PIDS,
@@ -300,8 +303,16 @@ impl Capture {
     pub fn stats(&self) -> CaptureStats {
         let mut s = self.stats;
         if let Some(map) = self.ebpf.map(abi::maps::STATS) {
-            if let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) {
-                let get = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+            if let Ok(arr) = PerCpuArray::<_, [u64; STAT_SLOTS]>::try_from(map) {
+                let mut sum = [0u64; STAT_SLOTS];
+                if let Ok(per_cpu) = arr.get(&0, 0) {
+                    for cpu in per_cpu.iter() {
+                        for (t, v) in sum.iter_mut().zip(cpu) {
+                            *t += v;
+                        }
+                    }
+                }
+                let get = |i: u32| sum.get(i as usize).copied().unwrap_or(0);
                 s.kernel_events = get(abi::stat::EVENTS);
                 s.kernel_bytes = get(abi::stat::BYTES);
                 s.kernel = KernelLosses {
@@ -313,10 +324,24 @@ impl Capture {
                     conn_table_full: get(abi::stat::CONN_FULL),
                     control_events_lost: get(abi::stat::CONTROL_LOST),
                     other_path_bytes: get(abi::stat::OTHER_PATH),
+                    dedup_bytes: get(abi::stat::DEDUP_BYTES),
                 };
             }
         }
         s
+    }
+
+    /// Turns loopback de-duplication on or off (see [`CaptureConfig::loopback_dedup`]).
+    /// Applies to connections whose first byte moves from now on.
+    ///
+    /// # Errors
+    /// When the kernel config map cannot be written.
+    pub fn set_loopback_dedup(&mut self, on: bool) -> Result<(), CaptureError> {
+        let mut slots = read_config(&self.ebpf)?;
+        slots[abi::config::LOOPBACK_DEDUP] = u64::from(on);
+        write_config(&mut self.ebpf, &mut slots)?;
+        self.config.loopback_dedup = on;
+        Ok(())
     }
 
     /// Only capture connections with a local or remote port in `ports` (empty: all ports).
@@ -444,11 +469,14 @@ impl<E: std::borrow::BorrowMut<Ebpf>> PartialCapture<E> {
             }
         }
         self.slots[slot] = u64::from(!keys.is_empty());
-        write_config(ebpf, &self.slots)
+        write_config(ebpf, &mut self.slots)
     }
 }
 
-fn write_config(ebpf: &mut Ebpf, slots: &[u64; abi::CONFIG_SLOTS]) -> Result<(), CaptureError> {
+/// Writes the config slots with a new generation (the kernel re-checks its cached filter
+/// verdicts when the generation changes).
+fn write_config(ebpf: &mut Ebpf, slots: &mut [u64; abi::CONFIG_SLOTS]) -> Result<(), CaptureError> {
+    slots[abi::config::GEN] = slots[abi::config::GEN].wrapping_add(1) & u64::from(u32::MAX);
     let map = abi::maps::CONFIG;
     let m = ebpf.map_mut(map).ok_or(CaptureError::Map {
         map,

@@ -24,13 +24,24 @@ pub(crate) enum Piece {
 enum Held {
     Data(Vec<u8>),
     Gap(u64, GapReason),
+    /// Bytes another capture point carries (loopback dedup): skipped without a piece.
+    Skip(u64),
 }
 
 impl Held {
+    /// Stream bytes covered.
     fn len(&self) -> u64 {
         match self {
             Held::Data(b) => b.len() as u64,
-            Held::Gap(n, _) => *n,
+            Held::Gap(n, _) | Held::Skip(n) => *n,
+        }
+    }
+
+    /// Memory held (what `MAX_HELD_BYTES` bounds).
+    fn mem(&self) -> u64 {
+        match self {
+            Held::Data(b) => b.len() as u64,
+            Held::Gap(..) | Held::Skip(_) => 0,
         }
     }
 }
@@ -71,6 +82,23 @@ impl Stream {
         self.add(pos, ts_ns, Held::Data(bytes), out);
     }
 
+    /// Appends in-order bytes without a piece when nothing waits and `pos` is the next
+    /// position: returns whether it did (the caller then owns delivering the bytes, e.g. by
+    /// extending the previous event of the same syscall).
+    pub(crate) fn try_append(&mut self, pos: u64, len: u64) -> bool {
+        if pos != self.next || !self.held.is_empty() {
+            return false;
+        }
+        self.next += len;
+        true
+    }
+
+    /// Skips `len` bytes at `pos` that another capture point carries: the position moves on
+    /// with no piece (not a gap).
+    pub(crate) fn skip(&mut self, pos: u64, ts_ns: u64, len: u64, out: &mut Vec<Piece>) {
+        self.add(pos, ts_ns, Held::Skip(len), out);
+    }
+
     /// Adds a gap at `pos`.
     pub(crate) fn gap(
         &mut self,
@@ -89,7 +117,7 @@ impl Stream {
             return;
         }
         if pos > self.next {
-            self.held_bytes += len;
+            self.held_bytes += item.mem();
             self.oldest_held_ts = Some(self.oldest_held_ts.map_or(ts_ns, |t| t.min(ts_ns)));
             self.held.insert(pos, (ts_ns, item));
             if self.held.len() > MAX_HELD || self.held_bytes > MAX_HELD_BYTES {
@@ -120,6 +148,7 @@ impl Stream {
                 len: n - skip,
                 reason,
             }),
+            Held::Skip(_) => {}
         }
         self.next = end;
     }
@@ -130,7 +159,7 @@ impl Stream {
                 break;
             }
             let (pos, (ts, item)) = entry.remove_entry();
-            self.held_bytes -= item.len();
+            self.held_bytes -= item.mem();
             self.emit(pos, ts, item, out);
         }
         if self.held.is_empty() {
@@ -249,6 +278,33 @@ mod tests {
             }
         ));
         assert_eq!(s.next_pos(), 10 + MAX_HELD as u64 + 1);
+    }
+
+    #[test]
+    fn skipped_bytes_move_on_without_a_piece() {
+        let mut s = Stream::default();
+        let mut out = Vec::new();
+        s.data(0, 1, b"ab".to_vec(), &mut out);
+        s.data(1000, 1, b"z".to_vec(), &mut out);
+        s.skip(2, 1, 998, &mut out);
+        assert_eq!(bytes(&out), b"abz");
+        assert!(!s.has_held());
+        // A long skipped tail holds no memory and forces no gap.
+        s.skip(1 << 40, 1, 10, &mut out);
+        s.skip(1001, 1, (1 << 40) - 1001, &mut out);
+        assert_eq!(s.next_pos(), (1 << 40) + 10);
+        assert!(out.iter().all(|p| matches!(p, Piece::Data { .. })));
+    }
+
+    #[test]
+    fn try_append_only_in_order() {
+        let mut s = Stream::default();
+        let mut out = Vec::new();
+        assert!(s.try_append(0, 3));
+        assert!(!s.try_append(5, 1));
+        s.data(5, 1, b"x".to_vec(), &mut out);
+        assert!(!s.try_append(3, 2), "something is held");
+        assert_eq!(s.next_pos(), 3);
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub struct KernelLosses {
     /// Bytes of captured connections moved by a path the capture does not copy (sendfile,
     /// splice, io_uring, sendmmsg, kernel threads); reported as gaps.
     pub other_path_bytes: u64,
+    /// Not a loss: loopback dedup ([`crate::CaptureConfig::loopback_dedup`]) left these
+    /// client-end bytes to the captured server end of the same connection.
+    pub dedup_bytes: u64,
 }
 
 impl KernelLosses {
@@ -57,6 +60,9 @@ pub struct CaptureStats {
     pub gap_bytes: u64,
     /// Records for a connection whose open event was lost (dropped).
     pub orphan_records: u64,
+    /// Loopback dedup: client-end bytes skipped in user space because the server end of the
+    /// same connection carries them (not a gap; see [`crate::CaptureConfig::loopback_dedup`]).
+    pub dedup_bytes: u64,
     /// Records too short or of an unknown kind (dropped).
     pub bad_records: u64,
     /// What the kernel counted as lost.
