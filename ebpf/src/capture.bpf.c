@@ -548,6 +548,26 @@ static __always_inline int peer_copies(struct dt_config *cfg, struct conn *c, __
 	return !cfg->v[DT_CFG_FILTER_PIDS] && !cfg->v[DT_CFG_FILTER_CGROUPS];
 }
 
+/* Loopback dedup: `n` bytes at `pos` left to the server end (one run per direction). */
+static __always_inline void mute(struct conn *c, __u8 dir, __u64 pos, __u64 n)
+{
+	if (c->mute_from[dir] == DT_NONE)
+		c->mute_from[dir] = pos;
+	count(DT_ST_DEDUP_BYTES, n);
+}
+
+/* Loopback dedup: this end copies again from `pos`: tells user space (one gap record of reason
+ * DT_GAP_PEER_COPIED, which it skips silently) which bytes before it the server end has. */
+static __always_inline void unmute(struct conn *c, __u32 tgid, __u8 dir, __u64 pos)
+{
+	__u64 from = c->mute_from[dir];
+	if (from == DT_NONE)
+		return;
+	c->mute_from[dir] = DT_NONE;
+	if (pos > from)
+		emit_gap(c->id, tgid, dir, from, pos - from, DT_GAP_PEER_COPIED);
+}
+
 /* Ring record sizes: a data event reserves the smallest class that holds its payload (the
  * verifier wants a constant size), so one copy goes from user memory straight into the ring. */
 #define DT_DATA_HDR 40 /* offsetof(struct dt_data_event, data) */
@@ -741,13 +761,20 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 		}
 	}
 	if (!syscall) {
-		/* Another path (sendfile, splice, io_uring, kernel): a gap on known connections. */
+		/* Another path (sendfile, splice, io_uring, kernel): a gap on known connections
+		 * (or, on a deduplicated loopback client end, bytes its server end copies). */
 		if (c && c->announced) {
 			__u64 p = __sync_fetch_and_add(&c->pos[dir], (__u64)ret);
+			if (peer_copies(cfg, c, skp, dir)) {
+				mute(c, dir, p, ret);
+				return;
+			}
 			c->other_path[dir] = 1;
 			count(DT_ST_OTHER_PATH, ret);
-			if (ports_allowed(cfg, c->lport, c->rport))
+			if (ports_allowed(cfg, c->lport, c->rport)) {
+				unmute(c, tgid, dir, p);
 				emit_gap(c->id, tgid, dir, p, ret, DT_GAP_OTHER_PATH);
+			}
 		}
 		return;
 	}
@@ -763,18 +790,10 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 	if (!conn_allowed(cfg, c, tgid))
 		return; /* filtered out after the connection was first seen */
 	if (peer_copies(cfg, c, skp, dir)) {
-		if (c->mute_from[dir] == DT_NONE)
-			c->mute_from[dir] = pos0;
-		count(DT_ST_DEDUP_BYTES, total);
+		mute(c, dir, pos0, total);
 		return;
 	}
-	if (c->mute_from[dir] != DT_NONE) {
-		/* Copying again: tell user space which bytes the server end has. */
-		__u64 from = c->mute_from[dir];
-		c->mute_from[dir] = DT_NONE;
-		if (pos0 > from)
-			emit_gap(c->id, tgid, dir, from, pos0 - from, DT_GAP_PEER_COPIED);
-	}
+	unmute(c, tgid, dir, pos0);
 
 	__u32 zero = 0;
 	struct dt_emit_ctx *x = bpf_map_lookup_elem(&emit_ctx, &zero);

@@ -164,8 +164,8 @@ fn env_usize(k: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// The client sends `n` bytes of a file with sendfile (a path the capture does not copy);
-/// the server reads them with `recv`.
+/// `c` sends `n` bytes of a file with sendfile (a path the capture does not copy); `s` reads
+/// them with `recv`.
 fn sendfile_exchange(c: i32, s: i32, n: usize, recv: &str) {
     let path = std::env::temp_dir().join(format!("dt-sendfile-{}", std::process::id()));
     let data = pattern(777, n);
@@ -266,6 +266,9 @@ fn child_traffic_helper() {
             if let Ok(n) = std::env::var("DT_SENDFILE") {
                 sendfile_exchange(c, s, n.parse().expect("DT_SENDFILE"), recv);
             }
+            if let Ok(n) = std::env::var("DT_SENDFILE_SERVER") {
+                sendfile_exchange(s, c, n.parse().expect("DT_SENDFILE_SERVER"), recv);
+            }
             if std::env::var("DT_EXIT_WITHOUT_CLOSE").is_ok() {
                 println!("done");
                 std::io::stdout().flush().expect("flush");
@@ -325,6 +328,21 @@ async fn capture_child(
     max_bytes: u32,
     port_filter: fn(&[u16]) -> Vec<u16>,
 ) -> Run {
+    let config = move |child_pid, _ports: &[u16]| CaptureConfig {
+        max_bytes_per_syscall: max_bytes,
+        pids: vec![child_pid],
+        ..CaptureConfig::default()
+    };
+    capture_child_with(envs, config, port_filter).await
+}
+
+/// Runs the child with `envs`, capturing with `config(child_pid, listener ports)` and then
+/// `port_filter(ports)`.
+async fn capture_child_with(
+    envs: &[(&str, String)],
+    config: impl FnOnce(u32, &[u16]) -> CaptureConfig,
+    port_filter: fn(&[u16]) -> Vec<u16>,
+) -> Run {
     let (mut child, mut stdin, mut stdout) = spawn_child(envs);
     let mut line = String::new();
     loop {
@@ -345,12 +363,7 @@ async fn capture_child(
         .map(|p| p.parse().expect("port"))
         .collect();
     let child_pid = child.id();
-    let config = CaptureConfig {
-        max_bytes_per_syscall: max_bytes,
-        pids: vec![child_pid],
-        ..CaptureConfig::default()
-    };
-    let mut cap = Capture::start(config).expect("capture starts");
+    let mut cap = Capture::start(config(child_pid, &ports)).expect("capture starts");
     let filter = port_filter(&ports);
     if !filter.is_empty() {
         cap.set_ports(&filter).expect("set ports");
@@ -374,7 +387,7 @@ async fn capture_child(
         "child failed: {status} {out}"
     );
     let stats = cap.stats();
-    if !envs.iter().any(|(k, _)| *k == "DT_SENDFILE") {
+    if !envs.iter().any(|(k, _)| k.starts_with("DT_SENDFILE")) {
         assert_eq!(
             stats.kernel.lost_bytes(),
             0,
@@ -743,4 +756,165 @@ fn a_non_root_run_fails_with_a_clear_error() {
         text.contains("needs root"),
         "the message says what is needed: {text}"
     );
+}
+
+// ---------------------------------------------------------------- loopback dedup
+
+/// Both ends of the child's loopback connection are captured (filtered by the listener's
+/// port, no pid filter: how the recorder daemon captures) with loopback dedup on.
+async fn capture_dedup(envs: &[(&str, String)]) -> (Run, Seen, Seen) {
+    let config = |_pid, ports: &[u16]| CaptureConfig {
+        loopback_dedup: true,
+        ports: ports.to_vec(),
+        ..CaptureConfig::default()
+    };
+    let mut run = capture_child_with(envs, config, no_filter).await;
+    assert_eq!(
+        run.conns.len(),
+        2,
+        "one connection, both ends: {:?}",
+        run.conns.iter().map(|c| &c.info).collect::<Vec<_>>()
+    );
+    for c in &run.conns {
+        assert_eq!(c.info.pid, run.child_pid, "only the child's traffic");
+        assert!(c.closed, "not reported closed: {:?}", c.info);
+    }
+    let i = run
+        .conns
+        .iter()
+        .position(|c| c.info.role == Role::Server)
+        .expect("a server end");
+    let server = run.conns.remove(i);
+    let client = run.conns.pop().expect("a client end");
+    assert_eq!(client.info.role, Role::Client);
+    (run, server, client)
+}
+
+#[tokio::test]
+async fn loopback_dedup_copies_the_server_end_only() {
+    require_root!();
+    let (size, count, reply) = (3000usize, 5usize, 500usize);
+    let envs = [
+        ("DT_SIZE", size.to_string()),
+        ("DT_COUNT", count.to_string()),
+        ("DT_REPLY", reply.to_string()),
+    ];
+    let (run, server, client) = capture_dedup(&envs).await;
+    let mut want = Vec::new();
+    for i in 0..count {
+        want.extend_from_slice(&pattern(i, size));
+    }
+    // The server end is byte-exact.
+    assert_eq!(server.gaps, 0, "gaps on the server end");
+    assert!(server.request == want, "server end request bytes differ");
+    assert!(
+        server.response == pattern(999, reply),
+        "server end response bytes differ"
+    );
+    // The client end: opened and closed, no data, no gap.
+    assert!(
+        client.request.is_empty() && client.response.is_empty() && client.gaps == 0,
+        "the client end carried {} + {} bytes and {} gap bytes",
+        client.request.len(),
+        client.response.len(),
+        client.gaps
+    );
+    // The counts show it: one copy in the kernel, the client end's bytes counted as dedup.
+    let moved = (size * count + reply) as u64;
+    assert_eq!(run.stats.kernel.dedup_bytes, moved, "{:?}", run.stats);
+    assert_eq!(run.stats.dedup_bytes, moved, "{:?}", run.stats);
+    assert_eq!(
+        run.stats.kernel_bytes, moved,
+        "copied once: {:?}",
+        run.stats
+    );
+    assert_eq!(run.stats.kernel.lost_bytes(), 0, "{:?}", run.stats);
+    assert_eq!(run.stats.gaps, 0, "{:?}", run.stats);
+}
+
+#[tokio::test]
+async fn loopback_dedup_client_end_delivers_what_the_server_sent_by_sendfile() {
+    require_root!();
+    let n = 5000usize;
+    let envs = [("DT_SENDFILE_SERVER", n.to_string())];
+    let (run, server, client) = capture_dedup(&envs).await;
+    // The server end: its write and read exact, then the sendfile bytes as a counted gap.
+    assert!(server.request == pattern(0, 1000), "server end request");
+    assert!(server.response == pattern(999, 500), "server end response");
+    assert_eq!(
+        server.gaps, n as u64,
+        "sendfile bytes: a gap on the server end"
+    );
+    assert_eq!(
+        run.stats.kernel.other_path_bytes, n as u64,
+        "{:?}",
+        run.stats
+    );
+    // The client end delivers exactly those bytes (what it skipped before: no gap).
+    assert!(client.request.is_empty(), "client end request not copied");
+    assert_eq!(client.gaps, 0, "no gap on the client end");
+    assert!(
+        client.response == pattern(777, n),
+        "the client end delivers the sendfile bytes ({} bytes seen)",
+        client.response.len()
+    );
+    assert_eq!(run.stats.kernel.dedup_bytes, 1000 + 500, "{:?}", run.stats);
+}
+
+#[tokio::test]
+async fn loopback_dedup_client_sendfile_is_not_a_gap_when_the_server_end_copies() {
+    require_root!();
+    let n = 5000usize;
+    let envs = [("DT_SENDFILE", n.to_string())];
+    let (run, server, client) = capture_dedup(&envs).await;
+    let mut want = pattern(0, 1000);
+    want.extend_from_slice(&pattern(777, n));
+    assert_eq!(server.gaps, 0, "the server end read everything");
+    assert!(server.request == want, "server end request");
+    assert!(server.response == pattern(999, 500), "server end response");
+    assert!(
+        client.request.is_empty() && client.response.is_empty() && client.gaps == 0,
+        "client end: {} + {} bytes, {} gap bytes",
+        client.request.len(),
+        client.response.len(),
+        client.gaps
+    );
+    assert_eq!(run.stats.kernel.other_path_bytes, 0, "{:?}", run.stats);
+    assert_eq!(
+        run.stats.kernel.dedup_bytes,
+        (1000 + n + 500) as u64,
+        "{:?}",
+        run.stats
+    );
+}
+
+#[tokio::test]
+async fn without_loopback_dedup_both_ends_are_copied() {
+    require_root!();
+    let config = |_pid, ports: &[u16]| CaptureConfig {
+        ports: ports.to_vec(),
+        ..CaptureConfig::default()
+    };
+    let run = capture_child_with(&[], config, no_filter).await;
+    assert_exact(&run, 1000, 1, 500, 1);
+    assert_eq!(run.stats.kernel.dedup_bytes, 0);
+    assert_eq!(run.stats.kernel_bytes, 2 * 1500, "{:?}", run.stats);
+}
+
+#[tokio::test]
+async fn loopback_dedup_works_over_ipv6() {
+    require_root!();
+    let envs = [("DT_FAMILY", "6".to_string())];
+    let (run, server, client) = capture_dedup(&envs).await;
+    assert!(server.info.remote.is_ipv6(), "{:?}", server.info);
+    assert!(server.request == pattern(0, 1000) && server.response == pattern(999, 500));
+    assert_eq!(server.gaps, 0);
+    assert!(
+        client.request.is_empty() && client.response.is_empty() && client.gaps == 0,
+        "client end: {} + {} bytes, {} gap bytes",
+        client.request.len(),
+        client.response.len(),
+        client.gaps
+    );
+    assert_eq!(run.stats.kernel.dedup_bytes, 1500, "{:?}", run.stats);
 }
