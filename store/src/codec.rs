@@ -53,15 +53,3 @@ pub(crate) fn from_json_line<T: serde::de::DeserializeOwned>(
         Err(_) => serde_json::from_slice(line),
     }
 }
-
-/// Parses the lines of a block (JSON values joined by `\n`), in order. The block is checked
-/// as UTF-8 once and split with a fast search; a block that is not all UTF-8 is parsed line
-/// by line with [`from_json_line`], so each line gets its own error.
-pub(crate) fn json_lines<'a, T: serde::de::DeserializeOwned + 'a>(
-    block: &'a [u8],
-) -> Box<dyn Iterator<Item = Result<T, serde_json::Error>> + 'a> {
-    match std::str::from_utf8(block) {
-        Ok(text) => Box::new(text.split('\n').map(serde_json::from_str)),
-        Err(_) => Box::new(block.split(|&b| b == b'\n').map(from_json_line)),
-    }
-}

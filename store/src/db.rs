@@ -259,39 +259,198 @@ enum BlockBody {
     Records(Vec<u8>),
 }
 
-/// Decompresses a stored block.
+/// What an opened block holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlockKind {
+    /// Version 1: JSON lines.
+    Json,
+    /// Version 2: records.
+    Records,
+}
+
+/// Decompresses a stored block (a one-off; readers of many blocks use a [`BlockOpener`]).
 fn open_block(value: &[u8]) -> Result<BlockBody, StoreError> {
-    let corrupt = |detail: String| StoreError::Corrupt {
-        what: "exchange block".to_owned(),
-        detail,
-    };
-    let (&version, body) = value
-        .split_first()
-        .ok_or_else(|| corrupt("empty value".to_owned()))?;
-    if version > BLOCK_VERSION {
-        return Err(StoreError::NewerFormat {
-            what: "exchange block".to_owned(),
-            found: u32::from(version),
-            supported: u32::from(BLOCK_VERSION),
-        });
-    }
-    if version != BLOCK_VERSION && version != BLOCK_VERSION_JSON {
-        return Err(corrupt(format!("unknown block version {version}")));
-    }
-    let (len, packed) = body
-        .split_first_chunk::<8>()
-        .ok_or_else(|| corrupt("shorter than its header".to_owned()))?;
-    let len = u64::from_be_bytes(*len);
-    if len > BLOCK_DECODE_CAP {
-        return Err(corrupt(format!("claims {len} bytes")));
-    }
-    let len = usize::try_from(len).map_err(|e| corrupt(e.to_string()))?;
-    let body = zstd::bulk::decompress(packed, len).map_err(|e| corrupt(e.to_string()))?;
-    Ok(if version == BLOCK_VERSION {
-        BlockBody::Records(body)
-    } else {
-        BlockBody::Json(body)
+    let mut opener = BlockOpener::new();
+    let kind = opener.open(value)?;
+    Ok(match kind {
+        BlockKind::Json => BlockBody::Json(opener.buf),
+        BlockKind::Records => BlockBody::Records(opener.buf),
     })
+}
+
+/// Decompresses stored blocks into one reused buffer with one reused zstd context (a
+/// context and a fresh buffer per block cost more than decoding small exchanges).
+struct BlockOpener {
+    zstd: Option<zstd::bulk::Decompressor<'static>>,
+    buf: Vec<u8>,
+}
+
+impl BlockOpener {
+    fn new() -> Self {
+        Self {
+            zstd: zstd::bulk::Decompressor::new().ok(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Decompresses `value` into the buffer.
+    fn open(&mut self, value: &[u8]) -> Result<BlockKind, StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            what: "exchange block".to_owned(),
+            detail,
+        };
+        let (&version, body) = value
+            .split_first()
+            .ok_or_else(|| corrupt("empty value".to_owned()))?;
+        let kind = match version {
+            BLOCK_VERSION => BlockKind::Records,
+            BLOCK_VERSION_JSON => BlockKind::Json,
+            v if v > BLOCK_VERSION => {
+                return Err(StoreError::NewerFormat {
+                    what: "exchange block".to_owned(),
+                    found: u32::from(version),
+                    supported: u32::from(BLOCK_VERSION),
+                })
+            }
+            v => return Err(corrupt(format!("unknown block version {v}"))),
+        };
+        let (len, packed) = body
+            .split_first_chunk::<8>()
+            .ok_or_else(|| corrupt("shorter than its header".to_owned()))?;
+        let len = u64::from_be_bytes(*len);
+        if len > BLOCK_DECODE_CAP {
+            return Err(corrupt(format!("claims {len} bytes")));
+        }
+        let len = usize::try_from(len).map_err(|e| corrupt(e.to_string()))?;
+        self.buf.clear();
+        let done = match &mut self.zstd {
+            Some(zstd) => {
+                // The buffer's capacity bounds the output: a block that decompresses to
+                // more than its header says is an error, not a large allocation.
+                self.buf.reserve_exact(len);
+                zstd.decompress_to_buffer(packed, &mut self.buf).map(drop)
+            }
+            None => zstd::bulk::decompress(packed, len).map(|v| self.buf = v),
+        };
+        done.map_err(|e| corrupt(e.to_string()))?;
+        if self.buf.len() != len {
+            return Err(corrupt(format!(
+                "{} bytes decompressed, the header says {len}",
+                self.buf.len()
+            )));
+        }
+        Ok(kind)
+    }
+}
+
+/// Where reading an opened block has got to.
+struct BlockCursor {
+    kind: BlockKind,
+    pos: usize,
+    next_id: u64,
+    done: bool,
+}
+
+impl BlockCursor {
+    fn new(kind: BlockKind, first: u64) -> Self {
+        Self {
+            kind,
+            pos: 0,
+            next_id: first,
+            done: false,
+        }
+    }
+
+    /// The next exchange of the block `body`, or none at its end. A damaged record ends
+    /// the block (its error is the last item).
+    fn next(&mut self, body: &[u8]) -> Option<DecodedItem> {
+        if self.done {
+            return None;
+        }
+        let id = self.next_id;
+        let rest = body.get(self.pos..).unwrap_or_default();
+        match self.kind {
+            BlockKind::Records => {
+                if rest.is_empty() {
+                    self.done = true;
+                    return None;
+                }
+                let mut rs = records(rest);
+                match rs.next()? {
+                    Ok((kind, bytes)) => {
+                        self.pos = body.len() - rs.rest.len();
+                        self.next_id += 1;
+                        Some(decode_record(kind, bytes, id).map(|x| (ExchangeId(id), x)))
+                    }
+                    Err(e) => {
+                        self.done = true;
+                        Some(Err(e))
+                    }
+                }
+            }
+            BlockKind::Json => {
+                // Lines joined by `\n`: as many lines as newlines plus one.
+                let line = match rest.iter().position(|&b| b == b'\n') {
+                    Some(at) => {
+                        self.pos += at + 1;
+                        &rest[..at]
+                    }
+                    None => {
+                        self.done = true;
+                        rest
+                    }
+                };
+                self.next_id += 1;
+                Some(
+                    codec::from_json_line(line)
+                        .map(|x| (ExchangeId(id), x))
+                        .map_err(|e| StoreError::Corrupt {
+                            what: format!("exchange {id}"),
+                            detail: e.to_string(),
+                        }),
+                )
+            }
+        }
+    }
+}
+
+/// A task's exchanges decoded one at a time, on the caller's thread.
+struct Decoded<I> {
+    blocks: I,
+    opener: BlockOpener,
+    cursor: Option<BlockCursor>,
+}
+
+impl<I> Decoded<I> {
+    fn new(blocks: I) -> Self {
+        Self {
+            blocks,
+            opener: BlockOpener::new(),
+            cursor: None,
+        }
+    }
+}
+
+impl<I: Iterator<Item = BlockItem>> Iterator for Decoded<I> {
+    type Item = DecodedItem;
+
+    fn next(&mut self) -> Option<DecodedItem> {
+        loop {
+            if let Some(cursor) = &mut self.cursor {
+                if let Some(item) = cursor.next(&self.opener.buf) {
+                    return Some(item);
+                }
+                self.cursor = None;
+            }
+            match self.blocks.next()? {
+                Err(e) => return Some(Err(e)),
+                Ok((first, value)) => match self.opener.open(&value) {
+                    Ok(kind) => self.cursor = Some(BlockCursor::new(kind, first)),
+                    Err(e) => return Some(Err(e)),
+                },
+            }
+        }
+    }
 }
 
 /// The records of a version-2 block: (kind, bytes); an error ends it.
@@ -350,140 +509,10 @@ fn decode_record(kind: u8, record: &[u8], id: u64) -> Result<Exchange, StoreErro
 type DecodedItem = Result<(ExchangeId, Exchange), StoreError>;
 type BlockItem = Result<(u64, sled::IVec), StoreError>;
 
-/// Most threads one read (or import) of a task decodes on.
+/// Most threads an import validates and compresses on.
 const DECODE_THREADS_MAX: usize = 4;
 /// Blocks an import appends per sled batch.
 const IMPORT_APPEND_BLOCKS: usize = 4;
-
-/// The exchanges of one stored block (or the error that stopped reading it).
-fn decode_block(item: BlockItem) -> Vec<DecodedItem> {
-    let (first, block) = match item {
-        Ok(b) => b,
-        Err(e) => return vec![Err(e)],
-    };
-    let body = match open_block(&block) {
-        Ok(body) => body,
-        Err(e) => return vec![Err(e)],
-    };
-    match body {
-        BlockBody::Records(body) => records(&body)
-            .zip(first..)
-            .map(|(record, id)| {
-                let (kind, bytes) = record?;
-                decode_record(kind, bytes, id).map(|x| (ExchangeId(id), x))
-            })
-            .collect(),
-        BlockBody::Json(body) => codec::json_lines::<Exchange>(&body)
-            .zip(first..)
-            .map(|(parsed, id)| {
-                parsed
-                    .map(|x| (ExchangeId(id), x))
-                    .map_err(|e| StoreError::Corrupt {
-                        what: format!("exchange {id}"),
-                        detail: e.to_string(),
-                    })
-            })
-            .collect(),
-    }
-}
-
-/// Blocks decoded on worker threads, yielded in stored order: a feeder thread scans the
-/// blocks and deals them round-robin to the workers; the iterator takes the results from the
-/// workers in the same round-robin order. Channels hold one block each, so a few blocks are
-/// in memory at a time; when the iterator is dropped every thread's next send fails and it
-/// ends.
-struct ParallelDecode {
-    results: Vec<std::sync::mpsc::Receiver<Vec<DecodedItem>>>,
-    next: usize,
-}
-
-impl ParallelDecode {
-    /// Starts the threads; gives the blocks back when a thread cannot be started.
-    fn spawn<I>(blocks: I, workers: usize) -> Result<Self, (std::io::Error, Box<I>)>
-    where
-        I: Iterator<Item = BlockItem> + Send + 'static,
-    {
-        use std::sync::mpsc::sync_channel;
-        let mut inputs = Vec::with_capacity(workers);
-        let mut results = Vec::with_capacity(workers);
-        for n in 0..workers {
-            let (in_tx, in_rx) = sync_channel::<BlockItem>(1);
-            let (out_tx, out_rx) = sync_channel::<Vec<DecodedItem>>(1);
-            let spawned = std::thread::Builder::new()
-                .name(format!("store-decode-{n}"))
-                .spawn(move || {
-                    for item in in_rx {
-                        // Decoding does not panic on any input; should it anyway, the
-                        // reader gets an error in place of the block, not a short read.
-                        let decoded =
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                decode_block(item)
-                            }))
-                            .unwrap_or_else(|_| {
-                                vec![Err(StoreError::Corrupt {
-                                    what: "exchange block".to_owned(),
-                                    detail: "decoding panicked".to_owned(),
-                                })]
-                            });
-                        if out_tx.send(decoded).is_err() {
-                            break;
-                        }
-                    }
-                });
-            if let Err(e) = spawned {
-                // Started workers end when `inputs` is dropped.
-                return Err((e, Box::new(blocks)));
-            }
-            inputs.push(in_tx);
-            results.push(out_rx);
-        }
-        // The feeder owns the scan; if it cannot start, the workers end (inputs dropped).
-        let feeder = std::sync::Arc::new(std::sync::Mutex::new(Some(blocks)));
-        let scan = std::sync::Arc::clone(&feeder);
-        let spawned = std::thread::Builder::new()
-            .name("store-scan".to_owned())
-            .spawn(move || {
-                let Some(blocks) = scan
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .take()
-                else {
-                    return;
-                };
-                for (item, to) in blocks.zip(inputs.iter().cycle()) {
-                    if to.send(item).is_err() {
-                        break;
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            let blocks = feeder
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            if let Some(blocks) = blocks {
-                return Err((e, Box::new(blocks)));
-            }
-        }
-        Ok(Self { results, next: 0 })
-    }
-}
-
-impl Iterator for ParallelDecode {
-    type Item = Vec<DecodedItem>;
-
-    fn next(&mut self) -> Option<Vec<DecodedItem>> {
-        let rx = self.results.get(self.next)?;
-        self.next = (self.next + 1) % self.results.len();
-        // A worker that ends without a block for this turn means the scan ended (blocks are
-        // dealt in order, so no later block exists either).
-        let block = rx.recv().ok();
-        if block.is_none() {
-            self.results.clear();
-        }
-        block
-    }
-}
 
 fn check_task_id(id: &str) -> Result<(), StoreError> {
     let bad = |reason| {
@@ -926,30 +955,20 @@ impl Store {
         Ok(ids)
     }
 
-    /// A task's exchanges in recorded order, streamed: blocks of at most `BLOCK_MAX`
-    /// exchanges are decompressed and decoded ahead on background threads (one per core, at
-    /// most [`DECODE_THREADS_MAX`]), a few blocks in memory at a time. Dropping the iterator
-    /// stops them.
+    /// A task's exchanges in recorded order, streamed: one block (at most `BLOCK_MAX`
+    /// exchanges) is decompressed at a time and its exchanges decoded from the binary form
+    /// one by one as the iterator is advanced, on the caller's thread.
+    ///
+    /// Decoding on the caller's thread costs less CPU than decoding ahead on worker threads
+    /// (which version 1, with JSON blocks, did): with the binary form, the malloc/free of
+    /// every exchange's strings dominates, and strings allocated on one thread and freed on
+    /// another contend on the allocator (~680 ns CPU per small HTTP exchange inline against
+    /// ~950 ns with one worker; see `docs/benchmarks.md`).
     pub fn exchanges(
         &self,
         task_id: &str,
     ) -> impl Iterator<Item = Result<(ExchangeId, Exchange), StoreError>> + Send + 'static {
-        let blocks = self.blocks(task_id);
-        let threads = std::thread::available_parallelism()
-            .map_or(1, std::num::NonZeroUsize::get)
-            .min(DECODE_THREADS_MAX);
-        let decoded: Box<dyn Iterator<Item = Vec<DecodedItem>> + Send> = if threads < 2 {
-            Box::new(blocks.map(decode_block))
-        } else {
-            match ParallelDecode::spawn(blocks, threads) {
-                Ok(p) => Box::new(p),
-                Err((e, blocks)) => {
-                    tracing::debug!(error = %e, "No decoding threads; decoding inline.");
-                    Box::new(blocks.map(decode_block))
-                }
-            }
-        };
-        decoded.flatten()
+        Decoded::new(self.blocks(task_id))
     }
 
     /// A task's stored blocks: (first exchange id, value).
@@ -1554,11 +1573,16 @@ mod tests {
         b.push_exchange(&redis(1)).unwrap();
         b.push_json(br#"{"not": "an exchange"}"#).unwrap();
         let (mut v, _) = b.seal().unwrap();
-        let decoded = decode_block(Ok((1, sled::IVec::from(v.clone()))));
+        let one = |value: &[u8]| -> Vec<DecodedItem> {
+            Decoded::new(std::iter::once(Ok((1, sled::IVec::from(value))))).collect()
+        };
+        let decoded = one(&v);
+        assert_eq!(decoded.len(), 2);
         assert!(decoded[0].as_ref().is_ok_and(|(_, x)| *x == redis(1)));
         assert!(matches!(decoded[1], Err(StoreError::Corrupt { .. })));
         for cut in 0..v.len() {
-            let _ = decode_block(Ok((1, sled::IVec::from(&v[..cut]))));
+            let items = one(&v[..cut]);
+            assert!(items.iter().any(Result::is_err), "cut at {cut}");
         }
         v[0] = BLOCK_VERSION + 1;
         assert!(matches!(

@@ -1,6 +1,6 @@
-//! Reading a task back decodes its blocks ahead on worker threads: the exchanges still come
-//! in recorded order with their ids, across many blocks and appends of every size, and an
-//! iterator dropped early stops the threads (the store closes and reopens at once).
+//! Reading a task back decodes its blocks lazily, one block at a time: the exchanges come in
+//! recorded order with their ids, across many blocks and appends of every size, and an
+//! iterator dropped early lets go of the store (it closes and reopens at once).
 
 mod common;
 
