@@ -573,6 +573,7 @@ static __always_inline void unmute(struct conn *c, __u32 tgid, __u8 dir, __u64 p
 #define DT_DATA_HDR 40 /* offsetof(struct dt_data_event, data) */
 #define DT_EMIT_CLASS(SZ)                                                                  \
 	if (n <= (SZ)) {                                                                   \
+		rec = DT_DATA_HDR + (SZ);                                                  \
 		e = bpf_ringbuf_reserve(&events, DT_DATA_HDR + (SZ), 0);                   \
 		if (!e)                                                                    \
 			goto full;                                                         \
@@ -580,6 +581,20 @@ static __always_inline void unmute(struct conn *c, __u32 tgid, __u8 dir, __u64 p
 			goto unreadable;                                                   \
 		goto filled;                                                               \
 	}
+
+/* Submit flags for a record of `rec` ring bytes: a wake-up only for the one that crosses the
+ * threshold (see DT_WAKE_BYTES_DEFAULT). */
+static __always_inline __u64 wake_flags(struct dt_emit_ctx *x, __u64 rec)
+{
+	if (x->wake_left == DT_NONE)
+		return BPF_RB_NO_WAKEUP;
+	if (rec >= x->wake_left) {
+		x->wake_left = DT_NONE;
+		return BPF_RB_FORCE_WAKEUP;
+	}
+	x->wake_left -= rec;
+	return BPF_RB_NO_WAKEUP;
+}
 
 /*
  * One data event: `n` bytes at user address `src` at stream position `pos`; the rest of the
@@ -593,6 +608,7 @@ __noinline int dt_emit_chunk(__u64 pos, __u64 src, __u64 n)
 	struct dt_emit_ctx *x = bpf_map_lookup_elem(&emit_ctx, &zero);
 	struct dt_stats *st = get_stats();
 	struct dt_data_event *e;
+	__u64 rec = 0;
 	if (!x || !st)
 		return -1;
 	if (n > DT_CHUNK_MAX)
@@ -616,17 +632,7 @@ filled:
 	e->dir = x->dir;
 	e->syscall = x->syscall;
 	e->_pad = 0;
-	__u64 flags = BPF_RB_NO_WAKEUP;
-	__u64 rec = DT_DATA_HDR + n;
-	if (x->wake_left != DT_NONE) {
-		if (rec >= x->wake_left) {
-			flags = BPF_RB_FORCE_WAKEUP;
-			x->wake_left = DT_NONE;
-		} else {
-			x->wake_left -= rec;
-		}
-	}
-	bpf_ringbuf_submit(e, flags);
+	bpf_ringbuf_submit(e, wake_flags(x, rec));
 	st->v[DT_ST_EVENTS] += 1;
 	st->v[DT_ST_BYTES] += n;
 	return 0;
@@ -665,6 +671,67 @@ __noinline __u64 dt_emit_range(__u64 pos, __u64 src, __u64 len)
 	}
 	return done;
 }
+
+/*
+ * Vectored I/O of at most SZ bytes (`left`) in one data event: every iovec piece is copied
+ * into one ring record, so a writev of a header and a body costs one reserve/submit, not one
+ * per piece. The record is HDR + 2 * SZ: the verifier checks `offset + length` with the
+ * bounds of each (offset < SZ, length <= SZ), not their sum. Returns the bytes copied (all
+ * of `left`), or -1 when the caller should copy piece by piece (no room in the ring, an
+ * unreadable iovec or piece: that path reports them exactly). Global, verified once.
+ */
+#define DT_GATHER(SZ)                                                                     \
+	__noinline int dt_gather_##SZ(__u64 pos, __u64 iovp, __u64 n_iov, __u64 left)    \
+	{                                                                                 \
+		__u32 zero = 0;                                                           \
+		struct dt_emit_ctx *x = bpf_map_lookup_elem(&emit_ctx, &zero);            \
+		struct dt_stats *st = get_stats();                                        \
+		if (!x || !st || left > (SZ))                                             \
+			return -1;                                                        \
+		struct dt_data_event *e =                                                 \
+			bpf_ringbuf_reserve(&events, DT_DATA_HDR + 2 * (SZ), 0);          \
+		if (!e)                                                                   \
+			return -1;                                                        \
+		__u64 off = 0;                                                            \
+		for (int j = 0; j < DT_IOV_MAX; j++) {                                    \
+			if (j >= n_iov || off >= left || off >= (SZ))                    \
+				break;                                                    \
+			struct dt_iovec iov;                                              \
+			if (bpf_probe_read_user(&iov, sizeof(iov),                        \
+						(void *)(iovp + j * sizeof(iov))))        \
+				goto fail;                                                \
+			__u64 n = left - off;                                             \
+			if (iov.len < n)                                                  \
+				n = iov.len;                                              \
+			if (n > (SZ))                                                     \
+				n = (SZ);                                                 \
+			if (bpf_probe_read_user(e->data + off, n, (void *)iov.base))      \
+				goto fail;                                                \
+			off += n;                                                         \
+		}                                                                         \
+		if (off < left)                                                           \
+			goto fail; /* fewer iovec bytes than the syscall moved: odd */    \
+		e->hdr.kind = DT_EV_DATA;                                                 \
+		e->hdr.tgid = x->tgid;                                                    \
+		e->hdr.conn_id = x->conn_id;                                              \
+		e->hdr.ts_ns = x->ts_ns;                                                  \
+		e->pos = pos;                                                             \
+		e->len = off;                                                             \
+		e->dir = x->dir;                                                          \
+		e->syscall = x->syscall;                                                  \
+		e->_pad = 0;                                                              \
+		bpf_ringbuf_submit(e, wake_flags(x, DT_DATA_HDR + 2 * (SZ)));             \
+		st->v[DT_ST_EVENTS] += 1;                                                 \
+		st->v[DT_ST_BYTES] += off;                                                \
+		return off;                                                               \
+	fail:                                                                             \
+		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);                                 \
+		return -1;                                                                \
+	}
+
+DT_GATHER(512)
+DT_GATHER(2048)
+DT_GATHER(4096)
 
 /* Whether the filters let `c` through for `tgid`, cached per config generation. */
 static __always_inline int conn_allowed(struct dt_config *cfg, struct conn *c, __u32 tgid)
@@ -817,7 +884,19 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 		cap = (__u64)DT_CHUNK_MAX * DT_CHUNKS_MAX;
 	__u64 left = total < cap ? total : cap; /* bytes we may copy */
 	__u64 done = 0;                        /* bytes accounted for */
-	if (!iovcnt) {
+	int gathered = -1;
+	if (iovcnt > 1 && left <= 4096) {
+		__u64 n_iov = iovcnt < DT_IOV_MAX ? iovcnt : DT_IOV_MAX;
+		if (left <= 512)
+			gathered = dt_gather_512(pos0, buf, n_iov, left);
+		else if (left <= 2048)
+			gathered = dt_gather_2048(pos0, buf, n_iov, left);
+		else
+			gathered = dt_gather_4096(pos0, buf, n_iov, left);
+	}
+	if (gathered >= 0) {
+		done = gathered;
+	} else if (!iovcnt) {
 		done = dt_emit_range(pos0, buf, left);
 	} else {
 		__u32 n_iov = iovcnt < DT_IOV_MAX ? iovcnt : DT_IOV_MAX;

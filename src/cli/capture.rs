@@ -78,18 +78,23 @@ async fn sniff(args: Args) -> anyhow::Result<ExitCode> {
     tokio::pin!(stop);
     let mut shown: HashMap<u64, bool> = HashMap::new();
     let stdout = std::io::stdout();
+    let mut batch = Vec::new();
     loop {
-        let ev = tokio::select! {
+        let more = tokio::select! {
             () = &mut stop => break,
-            ev = capture.next_event() => ev,
+            more = capture.next_events(&mut batch) => more,
         };
-        let Some(ev) = ev else { break };
-        if args.summary {
-            continue;
+        if !args.summary {
+            let mut out = stdout.lock();
+            for ev in &batch {
+                print_event(&mut out, &args, &mut shown, ev)?;
+            }
+            out.flush()?;
         }
-        let mut out = stdout.lock();
-        print_event(&mut out, &args, &mut shown, &ev)?;
-        out.flush()?;
+        batch.clear();
+        if !more {
+            break;
+        }
     }
     let stats = capture.stats();
     print_stats(&mut stdout.lock(), args.json, &stats)?;

@@ -242,15 +242,42 @@ impl Capture {
             if let Some(e) = self.try_next_event() {
                 return Some(e);
             }
-            let wait = DRAIN_EVERY;
-            match tokio::time::timeout(wait, self.ring.readable_mut()).await {
-                Ok(Ok(mut guard)) => guard.clear_ready(),
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "Reading the capture ring buffer failed.");
-                    return None;
-                }
-                Err(_elapsed) => {}
+            if !self.wait_ring().await {
+                return None;
             }
+        }
+    }
+
+    /// Waits (without busy polling) until events are ready, then moves all of them into
+    /// `out` (appended): one call per ring-buffer drain instead of one per event. Returns
+    /// `false` only when the ring buffer can no longer be read.
+    pub async fn next_events(&mut self, out: &mut Vec<StreamEvent>) -> bool {
+        loop {
+            if self.out.is_empty() {
+                self.poll();
+            }
+            if !self.out.is_empty() {
+                out.extend(self.out.drain(..));
+                return true;
+            }
+            if !self.wait_ring().await {
+                return false;
+            }
+        }
+    }
+
+    /// Waits for the kernel's wake-up or the drain timer; `false` when the ring failed.
+    async fn wait_ring(&mut self) -> bool {
+        match tokio::time::timeout(DRAIN_EVERY, self.ring.readable_mut()).await {
+            Ok(Ok(mut guard)) => {
+                guard.clear_ready();
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "Reading the capture ring buffer failed.");
+                false
+            }
+            Err(_elapsed) => true,
         }
     }
 
