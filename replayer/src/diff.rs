@@ -48,17 +48,21 @@ pub(crate) fn identical(
                         .iter()
                         .any(|d| h.name.eq_ignore_ascii_case(d)))
             };
-            a.status == b.status
-                && a.body.content() == b.body.content()
-                && a.headers.iter().filter(kept).count() == b.headers.iter().filter(kept).count()
-                && a.headers
-                    .iter()
-                    .filter(kept)
-                    .zip(b.headers.iter().filter(kept))
-                    .all(|(x, y)| {
-                        x.name.eq_ignore_ascii_case(&y.name)
-                            && x.value.as_bytes().trim_ascii() == y.value.as_bytes().trim_ascii()
-                    })
+            if a.status != b.status || a.body.content() != b.body.content() {
+                return false;
+            }
+            // One pass over both header lists.
+            let (mut xs, mut ys) = (a.headers.iter().filter(kept), b.headers.iter().filter(kept));
+            loop {
+                match (xs.next(), ys.next()) {
+                    (None, None) => return true,
+                    (Some(x), Some(y))
+                        if x.name.eq_ignore_ascii_case(&y.name)
+                            && x.value.as_bytes().trim_ascii()
+                                == y.value.as_bytes().trim_ascii() => {}
+                    _ => return false,
+                }
+            }
         }
         (Some(Response::Http(_)), _) | (_, Some(Response::Http(_))) => false,
         (a, b) => a == b,

@@ -26,6 +26,63 @@ use crate::{Pace, ReplayConfig, ReplayError, SendError};
 const MAX_DETAIL: usize = 16 << 10;
 /// Bad records whose message is kept.
 const MAX_INPUT_ERRORS: usize = 20;
+/// Exchanges the reader hands over at once.
+const BATCH: usize = 64;
+/// Exchanges read ahead of the dispatcher (bounded memory).
+const IN_FLIGHT: usize = 1024;
+/// Replayed exchanges waiting to be freed by the reader thread; beyond this the sessions
+/// free them themselves.
+const MAX_RECYCLED: usize = 4 * IN_FLIGHT;
+
+/// What the dispatcher hands a session: a recorded exchange and its interface.
+type SessionTx = mpsc::Sender<(Box<Exchange>, Iface)>;
+
+/// Replayed exchanges go back to the reader thread, which frees them: they were allocated
+/// there, and freeing memory of another thread's malloc arena costs the runtime thread
+/// more than freeing its own.
+#[derive(Default)]
+struct Recycler {
+    #[expect(
+        clippy::vec_box,
+        reason = "the exchanges arrive boxed; unboxing would copy each one"
+    )]
+    dead: Mutex<Vec<Box<Exchange>>>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Recycler {
+    fn put(&self, ex: Box<Exchange>) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut dead = self
+            .dead
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if dead.len() < MAX_RECYCLED {
+            dead.push(ex);
+        }
+    }
+
+    #[expect(
+        clippy::vec_box,
+        reason = "the exchanges arrive boxed; unboxing would copy each one"
+    )]
+    fn take(&self) -> Vec<Box<Exchange>> {
+        std::mem::take(
+            &mut *self
+                .dead
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// The reader is done: from now on sessions free their exchanges themselves.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        drop(self.take());
+    }
+}
 
 /// Replays `source` with `config` on a runtime of its own (do not call from inside a tokio
 /// runtime; use [`replay_async`] there).
@@ -69,17 +126,64 @@ struct Shared {
     collector: Mutex<Collector>,
     max_details: usize,
     baseline_mode: bool,
+    recycler: Arc<Recycler>,
 }
 
 #[derive(Default)]
 struct InterfaceAcc {
+    name: String,
     protocol: Option<Protocol>,
     results: Vec<ExchangeResult>,
 }
 
+/// An interface (`GET /api/orders`) as the dispatcher names it: a small id for the
+/// collector, the name for rules and reports.
+#[derive(Clone)]
+struct Iface {
+    id: usize,
+    name: Arc<str>,
+}
+
+/// Interface names seen so far, each computed once: the dispatcher builds the name of an
+/// HTTP exchange in a reused buffer and only allocates for a new one.
+#[derive(Default)]
+struct Interner {
+    ids: HashMap<Arc<str>, (Iface, bool)>,
+    key: String,
+}
+
+impl Interner {
+    /// The exchange's interface and whether the `--interface` filter admits it.
+    fn get(&mut self, ex: &Exchange, filter: Option<&GlobSet>) -> (Iface, bool) {
+        self.key.clear();
+        match &ex.request {
+            // Exactly `Request::interface` for HTTP, without a new String each time.
+            Request::Http(r) => {
+                self.key.push_str(&r.method);
+                self.key.push(' ');
+                self.key
+                    .push_str(r.target.split(['?', '#']).next().unwrap_or(""));
+            }
+            _ => self.key.push_str(&ex.interface()),
+        }
+        if let Some((iface, admitted)) = self.ids.get(self.key.as_str()) {
+            return (iface.clone(), *admitted);
+        }
+        let name: Arc<str> = Arc::from(self.key.as_str());
+        let iface = Iface {
+            id: self.ids.len(),
+            name: Arc::clone(&name),
+        };
+        let admitted = filter.is_none_or(|f| f.is_match(&*name));
+        self.ids.insert(name, (iface.clone(), admitted));
+        (iface, admitted)
+    }
+}
+
 #[derive(Default)]
 struct Collector {
-    interfaces: BTreeMap<String, InterfaceAcc>,
+    /// By [`Iface::id`].
+    interfaces: Vec<InterfaceAcc>,
     noise: BTreeMap<String, BTreeSet<Path>>,
     details: usize,
     totals: Totals,
@@ -88,12 +192,19 @@ struct Collector {
 }
 
 impl Collector {
-    fn record(&mut self, interface: String, protocol: Protocol, result: ExchangeResult) {
+    fn record(&mut self, interface: &Iface, protocol: Protocol, result: ExchangeResult) {
         if let Some(p) = &self.progress {
             p.inc(1);
         }
-        let acc = self.interfaces.entry(interface).or_default();
-        acc.protocol.get_or_insert(protocol);
+        if self.interfaces.len() <= interface.id {
+            self.interfaces
+                .resize_with(interface.id + 1, InterfaceAcc::default);
+        }
+        let acc = &mut self.interfaces[interface.id];
+        if acc.protocol.is_none() {
+            acc.protocol = Some(protocol);
+            acc.name = interface.name.to_string();
+        }
         acc.results.push(result);
     }
 }
@@ -176,113 +287,132 @@ where
         }),
         max_details: config.max_details,
         baseline_mode: !baselines.is_empty(),
+        recycler: Arc::default(),
     });
 
-    // The recording is read on a thread of its own (files and the store block).
-    let (in_tx, mut in_rx) = mpsc::channel::<Result<Exchange, String>>(1024);
+    // The recording is read on a thread of its own (files and the store block). It hands
+    // exchanges over in batches (one wake-up of the runtime per batch, not per exchange) and
+    // frees the replayed ones itself, next to where they were allocated.
+    let (in_tx, mut in_rx) = mpsc::channel::<Vec<Result<Box<Exchange>, String>>>(IN_FLIGHT / BATCH);
+    let recycler = Arc::clone(&shared.recycler);
     let reader = std::thread::Builder::new()
         .name("deetune-replay-read".into())
         .spawn(move || {
+            let mut batch = Vec::with_capacity(BATCH);
             for item in source {
-                if in_tx
-                    .blocking_send(item.map_err(|e| e.to_string()))
-                    .is_err()
-                {
-                    break;
+                // Boxed: an exchange is several hundred bytes, moved many times on its way.
+                batch.push(item.map(Box::new).map_err(|e| e.to_string()));
+                if batch.len() == BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    if in_tx.blocking_send(full).is_err() {
+                        batch.clear();
+                        break;
+                    }
+                    drop(recycler.take());
                 }
             }
+            if !batch.is_empty() {
+                let _ = in_tx.blocking_send(batch);
+            }
+            recycler.close();
         })
         .map_err(ReplayError::Runtime)?;
 
     let concurrency = config.concurrency.max(1);
     let sem = Arc::new(Semaphore::new(concurrency));
-    let mut sessions: HashMap<u64, (mpsc::Sender<(Exchange, String)>, u64)> = HashMap::new();
+    let mut sessions: HashMap<u64, (SessionTx, u64)> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut tick = 0u64;
     let mut reopened = 0u64;
     let mut seen_conns: std::collections::HashSet<u64> = std::collections::HashSet::new();
     let mut abort: Option<ReplayError> = None;
+    let mut interner = Interner::default();
 
-    while let Some(item) = in_rx.recv().await {
-        tick += 1;
-        let Some((ex, interface)) = admit(&shared, &config, filter.as_ref(), item) else {
-            continue;
-        };
-        if shared.t0_ns.load(Ordering::Relaxed) == 0 {
-            shared
-                .t0_ns
-                .store(ex.timing.request_start_ns.max(1), Ordering::Relaxed);
-        }
-        let service = ex.conn.server.service.as_deref();
-        let Some(target) = target::choose(&targets, ex.protocol, service).cloned() else {
-            let reason = format!(
-                "no --target for {} service {}",
-                ex.protocol,
-                service.unwrap_or("(unnamed)")
-            );
-            skip(&shared, &ex, interface, reason);
-            continue;
-        };
-        if let Some((tx, last)) = sessions.get_mut(&ex.conn.id) {
-            *last = tick;
-            if let Err(mpsc::error::SendError((ex, interface))) = tx.send((ex, interface)).await {
-                record_error(
-                    &shared,
-                    &ex,
-                    interface,
-                    SendError::internal("the session ended early"),
-                );
+    'read: while let Some(batch) = in_rx.recv().await {
+        for item in batch {
+            tick += 1;
+            let Some((ex, interface)) =
+                admit(&shared, &config, filter.as_ref(), &mut interner, item)
+            else {
+                continue;
+            };
+            if shared.t0_ns.load(Ordering::Relaxed) == 0 {
+                shared
+                    .t0_ns
+                    .store(ex.timing.request_start_ns.max(1), Ordering::Relaxed);
             }
-            continue;
-        }
-        // A new session.
-        let server = std::net::SocketAddr::new(ex.conn.server.addr, ex.conn.server.port);
-        if !config.allow_production_target && ex.conn.server.port != 0 {
-            let base = target::choose(&baselines, ex.protocol, service);
-            for t in std::iter::once(&target).chain(base) {
-                if t.addrs.contains(&server) {
-                    abort = Some(ReplayError::ProductionTarget {
-                        target: t.target.display(),
-                        server,
-                        conn: ex.conn.id,
-                    });
+            let service = ex.conn.server.service.as_deref();
+            let Some(target) = target::choose(&targets, ex.protocol, service).cloned() else {
+                let reason = format!(
+                    "no --target for {} service {}",
+                    ex.protocol,
+                    service.unwrap_or("(unnamed)")
+                );
+                skip(&shared, &ex, &interface, reason);
+                continue;
+            };
+            if let Some((tx, last)) = sessions.get_mut(&ex.conn.id) {
+                *last = tick;
+                if let Err(mpsc::error::SendError((ex, interface))) = tx.send((ex, interface)).await
+                {
+                    record_error(
+                        &shared,
+                        &ex,
+                        &interface,
+                        SendError::internal("the session ended early"),
+                    );
+                }
+                continue;
+            }
+            // A new session.
+            let server = std::net::SocketAddr::new(ex.conn.server.addr, ex.conn.server.port);
+            if !config.allow_production_target && ex.conn.server.port != 0 {
+                let base = target::choose(&baselines, ex.protocol, service);
+                for t in std::iter::once(&target).chain(base) {
+                    if t.addrs.contains(&server) {
+                        abort = Some(ReplayError::ProductionTarget {
+                            target: t.target.display(),
+                            server,
+                            conn: ex.conn.id,
+                        });
+                    }
+                }
+                if abort.is_some() {
+                    break 'read;
                 }
             }
-            if abort.is_some() {
-                break;
+            if !seen_conns.insert(ex.conn.id) {
+                reopened += 1;
             }
+            let permit = if let Ok(p) = Arc::clone(&sem).try_acquire_owned() {
+                p
+            } else {
+                // All slots busy: end the least recently used session (it finishes its queue).
+                if let Some(oldest) = sessions
+                    .iter()
+                    .min_by_key(|(_, (_, t))| *t)
+                    .map(|(k, _)| *k)
+                {
+                    sessions.remove(&oldest);
+                }
+                match Arc::clone(&sem).acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => break 'read,
+                }
+            };
+            let (tx, rx) = mpsc::channel(256);
+            let baseline = target::choose(&baselines, ex.protocol, service).cloned();
+            let candidate = Sender::new(target, Arc::clone(&shared.opts), &ex);
+            let baseline = baseline.map(|b| Sender::new(b, Arc::clone(&shared.opts), &ex));
+            let conn = ex.conn.id;
+            let _ = tx.send((ex, interface)).await;
+            sessions.insert(conn, (tx, tick));
+            let shared2 = Arc::clone(&shared);
+            tasks.spawn(async move {
+                run_session(rx, candidate, baseline, &shared2).await;
+                drop(permit);
+            });
         }
-        if !seen_conns.insert(ex.conn.id) {
-            reopened += 1;
-        }
-        let permit = if let Ok(p) = Arc::clone(&sem).try_acquire_owned() {
-            p
-        } else {
-            // All slots busy: end the least recently used session (it finishes its queue).
-            if let Some(oldest) = sessions
-                .iter()
-                .min_by_key(|(_, (_, t))| *t)
-                .map(|(k, _)| *k)
-            {
-                sessions.remove(&oldest);
-            }
-            match Arc::clone(&sem).acquire_owned().await {
-                Ok(p) => p,
-                Err(_) => break,
-            }
-        };
-        let (tx, rx) = mpsc::channel(256);
-        let baseline = target::choose(&baselines, ex.protocol, service).cloned();
-        let candidate = Sender::new(target, Arc::clone(&shared.opts), &ex);
-        let baseline = baseline.map(|b| Sender::new(b, Arc::clone(&shared.opts), &ex));
-        let conn = ex.conn.id;
-        let _ = tx.send((ex, interface)).await;
-        sessions.insert(conn, (tx, tick));
-        let shared2 = Arc::clone(&shared);
-        tasks.spawn(async move {
-            run_session(rx, candidate, baseline, &shared2).await;
-            drop(permit);
-        });
     }
     drop(in_rx);
     drop(sessions);
@@ -330,8 +460,9 @@ fn admit(
     shared: &Shared,
     config: &ReplayConfig,
     filter: Option<&GlobSet>,
-    item: Result<Exchange, String>,
-) -> Option<(Exchange, String)> {
+    interner: &mut Interner,
+    item: Result<Box<Exchange>, String>,
+) -> Option<(Box<Exchange>, Iface)> {
     shared.read.fetch_add(1, Ordering::Relaxed);
     let ex = match item {
         Ok(ex) => ex,
@@ -344,10 +475,8 @@ fn admit(
             return None;
         }
     };
-    let interface = ex.interface();
-    if filter.is_some_and(|f| !f.is_match(&interface))
-        || (config.only_reads && !crate::config::is_read(&ex))
-    {
+    let (interface, admitted) = interner.get(&ex, filter);
+    if !admitted || (config.only_reads && !crate::config::is_read(&ex)) {
         lock(shared).totals.filtered += 1;
         return None;
     }
@@ -386,7 +515,7 @@ fn request_summary(ex: &Exchange) -> String {
     diff::clip(&s)
 }
 
-fn skip(shared: &Shared, ex: &Exchange, interface: String, reason: String) {
+fn skip(shared: &Shared, ex: &Exchange, interface: &Iface, reason: String) {
     let result = ExchangeResult {
         conn: ex.conn.id,
         seq: ex.seq,
@@ -401,7 +530,7 @@ fn skip(shared: &Shared, ex: &Exchange, interface: String, reason: String) {
     lock(shared).record(interface, ex.protocol, result);
 }
 
-fn record_error(shared: &Shared, ex: &Exchange, interface: String, e: SendError) {
+fn record_error(shared: &Shared, ex: &Exchange, interface: &Iface, e: SendError) {
     let result = ExchangeResult {
         conn: ex.conn.id,
         seq: ex.seq,
@@ -455,7 +584,7 @@ async fn pace(shared: &Shared, ex: &Exchange) {
 }
 
 async fn run_session(
-    mut rx: mpsc::Receiver<(Exchange, String)>,
+    mut rx: mpsc::Receiver<(Box<Exchange>, Iface)>,
     mut candidate: Sender,
     mut baseline: Option<Sender>,
     shared: &Shared,
@@ -471,7 +600,8 @@ async fn run_session(
             None => (candidate.exchange(&ex).await, None),
         };
         let latency_us = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
-        evaluate(shared, &ex, interface, cand, base, latency_us);
+        evaluate(shared, &ex, &interface, cand, base, latency_us);
+        shared.recycler.put(ex);
     }
 }
 
@@ -490,7 +620,7 @@ fn render(v: &Value) -> String {
 fn evaluate(
     shared: &Shared,
     ex: &Exchange,
-    interface: String,
+    interface: &Iface,
     cand: Result<Reply, SendError>,
     base: Option<Result<Reply, SendError>>,
     latency_us: u32,
@@ -531,7 +661,7 @@ fn evaluate(
         );
         return;
     }
-    let view = shared.rules.view(&interface);
+    let view = shared.rules.view(&interface.name);
     let (expected_resp, learned): (Option<&Response>, Vec<Path>) = match &base {
         None => (recorded, Vec::new()),
         Some(b) => {
@@ -553,7 +683,7 @@ fn evaluate(
     c.totals.answered += 1;
     if !learned.is_empty() {
         c.noise
-            .entry(interface.clone())
+            .entry(interface.name.to_string())
             .or_default()
             .extend(learned.iter().cloned());
     }
@@ -606,9 +736,16 @@ fn finish(
         input_errors,
         ..
     } = collector;
+    // Ids of interfaces that only had filtered exchanges have nothing recorded.
+    let mut interfaces: Vec<InterfaceAcc> = interfaces
+        .into_iter()
+        .filter(|acc| acc.protocol.is_some())
+        .collect();
+    interfaces.sort_by(|a, b| a.name.cmp(&b.name));
     let mut out = Vec::with_capacity(interfaces.len());
     let mut all = Counts::default();
-    for (name, acc) in interfaces {
+    for acc in interfaces {
+        let name = acc.name;
         let noise_here = noise.get(&name);
         let mut results = acc.results;
         results.sort_by_key(|r| (r.conn, r.seq));

@@ -26,11 +26,18 @@ pub(crate) fn rewrite_target(target: &str, rules: &[(String, String)]) -> String
     target.to_owned()
 }
 
-/// The request as bytes for the target; `authority` is [`crate::target::Target::authority`] (computed once
-/// per session by the caller).
-pub(crate) fn request_bytes(req: &HttpRequest, authority: &str, opts: &SendOptions) -> Vec<u8> {
+/// Writes the request as bytes for the target into `out` (cleared first; a buffer reused
+/// across the session's requests); `authority` is [`crate::target::Target::authority`]
+/// (computed once per session by the caller).
+pub(crate) fn write_request(
+    req: &HttpRequest,
+    authority: &str,
+    opts: &SendOptions,
+    out: &mut Vec<u8>,
+) {
     let body = req.body.raw.as_bytes();
-    let mut out = Vec::with_capacity(256 + body.len());
+    out.clear();
+    out.reserve(256 + body.len());
     let path = if opts.rewrite_path.is_empty() {
         std::borrow::Cow::Borrowed(req.target.as_str())
     } else {
@@ -82,11 +89,11 @@ pub(crate) fn request_bytes(req: &HttpRequest, authority: &str, opts: &SendOptio
     }
     let needs_length = !body.is_empty() || matches!(req.method.as_str(), "POST" | "PUT" | "PATCH");
     if needs_length {
-        out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+        use std::io::Write as _;
+        let _ = write!(out, "Content-Length: {}\r\n", body.len());
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
-    out
 }
 
 #[cfg(test)]
@@ -132,7 +139,9 @@ mod tests {
             rewrite_path: vec![("/v1/".into(), "/v2/".into())],
             ..SendOptions::default()
         };
-        let text = String::from_utf8(request_bytes(&req, &target.authority(), &opts)).unwrap();
+        let mut out = b"left over from the previous request".to_vec();
+        write_request(&req, &target.authority(), &opts, &mut out);
+        let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
             "POST /v2/orders?x=1 HTTP/1.1\r\nHost: staging:8080\r\nAccept: */*\r\nX-Token: new\r\nContent-Length: 2\r\n\r\n{}"

@@ -52,6 +52,8 @@ pub(crate) struct Sender {
     pub(crate) reached: bool,
     /// The target's `Host` header value, computed on first use.
     authority: Option<String>,
+    /// The request being sent (reused).
+    out: Vec<u8>,
 }
 
 impl Sender {
@@ -67,6 +69,7 @@ impl Sender {
             state: State::Idle,
             reached: false,
             authority: None,
+            out: Vec::new(),
         }
     }
 
@@ -119,21 +122,27 @@ impl Sender {
                 let authority = self
                     .authority
                     .get_or_insert_with(|| self.target.target.authority());
-                let bytes = http::request_bytes(req, authority, &self.opts);
-                match w.round_trip(&bytes).await {
+                let mut bytes = std::mem::take(&mut self.out);
+                http::write_request(req, authority, &self.opts, &mut bytes);
+                let res = match w.round_trip(&bytes).await {
                     Err(e) if w.eof && self.reached => {
                         // The server closed a kept-alive connection: one fresh connection.
                         tracing::debug!(error = %e, "The target closed the connection; reconnecting.");
-                        self.connect(Protocol::Http).await?;
-                        let State::Http(w) = &mut self.state else {
-                            return Err(SendError::internal("lost the HTTP connection"));
-                        };
-                        w.round_trip(&bytes)
-                            .await
-                            .map(|x| Reply::Response(x.response))
+                        match self.connect(Protocol::Http).await {
+                            Err(e) => Err(e),
+                            Ok(()) => match &mut self.state {
+                                State::Http(w) => w
+                                    .round_trip(&bytes)
+                                    .await
+                                    .map(|x| Reply::Response(x.response)),
+                                _ => Err(SendError::internal("lost the HTTP connection")),
+                            },
+                        }
                     }
                     other => other.map(|x| Reply::Response(x.response)),
-                }
+                };
+                self.out = bytes;
+                res
             }
             (State::Redis(w), Request::Redis(cmd)) => redis::send(w, cmd).await,
             (State::Mysql(m), Request::Mysql(cmd)) => m.send(cmd, ex.response.as_ref()).await,

@@ -17,6 +17,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 pub(crate) struct Wire {
     io: Box<dyn Io>,
+    /// The plain TCP stream when there is no TLS layer (`io` is then this stream too): a
+    /// request is first written with one non-blocking `send`, without a timer.
+    plain: bool,
     decoder: Box<dyn StreamDecoder>,
     ready: VecDeque<Exchange>,
     scratch: Vec<Exchange>,
@@ -62,6 +65,7 @@ impl Wire {
             SendError::target(last.unwrap_or_else(|| format!("no address for {peer}")))
         })?;
         let _ = tcp.set_nodelay(true);
+        let plain = t.scheme != Scheme::Https;
         let io: Box<dyn Io> = match (t.scheme, tls) {
             (Scheme::Https, Some(cfg)) => {
                 let name =
@@ -84,6 +88,7 @@ impl Wire {
             .ok_or_else(|| SendError::internal(format!("no decoder for {protocol}")))?;
         Ok(Self {
             io,
+            plain,
             decoder,
             ready: VecDeque::new(),
             scratch: Vec::new(),
@@ -102,8 +107,24 @@ impl Wire {
     /// Writes request bytes and shows them to the decoder.
     pub(crate) async fn send(&mut self, bytes: &[u8]) -> Result<(), SendError> {
         self.decoder.push(Direction::Request, now_ns(), bytes);
+        let mut rest = bytes;
+        if self.plain {
+            // Almost always the whole request fits in the socket buffer: one `send`, no
+            // timer. `poll_write` on a TCP stream never registers for more than readiness.
+            let waker = std::task::Waker::noop();
+            let mut cx = std::task::Context::from_waker(waker);
+            match std::pin::Pin::new(&mut self.io).poll_write(&mut cx, rest) {
+                std::task::Poll::Ready(Ok(n)) if n == rest.len() => return Ok(()),
+                std::task::Poll::Ready(Ok(n)) => rest = &rest[n..],
+                std::task::Poll::Ready(Err(e)) => {
+                    self.eof = true;
+                    return Err(SendError::target(format!("write to {}: {e}", self.peer)));
+                }
+                std::task::Poll::Pending => {}
+            }
+        }
         let res = tokio::time::timeout(self.timeout, async {
-            self.io.write_all(bytes).await?;
+            self.io.write_all(rest).await?;
             self.io.flush().await
         })
         .await;
