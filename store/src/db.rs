@@ -1146,21 +1146,76 @@ impl Store {
             )?,
             None => crate::BundleWriter::create(path, &self.export_header(id).map_err(wrap)?)?,
         };
-        let mut text = Vec::with_capacity(256 * 1024);
-        for item in self.blocks(id) {
-            let (first, block) = item.map_err(wrap)?;
-            match open_block(&block).map_err(wrap)? {
-                BlockBody::Json(body) => {
-                    let lines = body.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
-                    w.write_json_lines(&body, lines)?;
-                }
-                BlockBody::Records(body) => {
-                    let lines = render_json_lines(&body, first, &mut text).map_err(wrap)?;
-                    w.write_json_lines(&text, lines)?;
-                }
-            }
-        }
+        self.render_blocks(id, |text, lines| w.write_json_lines(text, lines))?;
         w.finish()
+    }
+
+    /// Renders a task's blocks as JSON lines (see [`render_block`]) and hands each block's
+    /// text to `write`, in stored order. Blocks are rendered on worker threads (one per core,
+    /// at most [`DECODE_THREADS_MAX`]; each allocates and frees its own exchanges) while this
+    /// thread writes; buffers go back to the workers for reuse.
+    fn render_blocks(
+        &self,
+        id: &str,
+        mut write: impl FnMut(&[u8], u64) -> Result<(), crate::BundleError>,
+    ) -> Result<(), crate::BundleError> {
+        use std::sync::mpsc::sync_channel;
+        type Rendered = Result<(Vec<u8>, u64), StoreError>;
+        let wrap = |e: StoreError| crate::BundleError::Store(Box::new(e));
+        let workers = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(DECODE_THREADS_MAX);
+        let blocks = self.blocks(id);
+        if workers < 2 {
+            let mut opener = BlockOpener::new();
+            let mut text = Vec::new();
+            for item in blocks {
+                let lines = render_block(&mut opener, item, &mut text).map_err(wrap)?;
+                write(&text, lines)?;
+            }
+            return Ok(());
+        }
+        std::thread::scope(|s| {
+            let mut inputs = Vec::with_capacity(workers);
+            let mut ends = Vec::with_capacity(workers);
+            for _ in 0..workers {
+                let (in_tx, in_rx) = sync_channel::<BlockItem>(1);
+                let (out_tx, out_rx) = sync_channel::<Rendered>(1);
+                let (spare_tx, spare_rx) = sync_channel::<Vec<u8>>(2);
+                s.spawn(move || {
+                    let mut opener = BlockOpener::new();
+                    for item in in_rx {
+                        let mut text = spare_rx.try_recv().unwrap_or_default();
+                        let rendered =
+                            render_block(&mut opener, item, &mut text).map(|lines| (text, lines));
+                        if out_tx.send(rendered).is_err() {
+                            break;
+                        }
+                    }
+                });
+                inputs.push(in_tx);
+                ends.push((out_rx, spare_tx));
+            }
+            s.spawn(move || {
+                for (item, to) in blocks.zip(inputs.iter().cycle()) {
+                    if to.send(item).is_err() {
+                        break;
+                    }
+                }
+            });
+            // Results in stored order: blocks were dealt round-robin. A worker that ends
+            // without a result for its turn means the scan ended. Returning early drops the
+            // receivers, which ends the workers and then the feeder.
+            for (results, spares) in ends.iter().cycle() {
+                let Ok(rendered) = results.recv() else {
+                    break;
+                };
+                let (text, lines) = rendered.map_err(wrap)?;
+                write(&text, lines)?;
+                let _ = spares.try_send(text);
+            }
+            Ok(())
+        })
     }
 
     /// Writes a task's HTTP exchanges as a HAR 1.2 file. Returns the entries written.
@@ -1324,6 +1379,25 @@ impl Store {
                 .map_err(ImportFailure::Store)?;
             Ok(count)
         })
+    }
+}
+
+/// Renders a stored block as JSON lines joined by `\n` into `out` (cleared first): the
+/// lines of a version-1 block as they are, the records of a version-2 block through
+/// [`render_json_lines`]. Returns the number of lines.
+fn render_block(
+    opener: &mut BlockOpener,
+    item: BlockItem,
+    out: &mut Vec<u8>,
+) -> Result<u64, StoreError> {
+    let (first, block) = item?;
+    match opener.open(&block)? {
+        BlockKind::Json => {
+            out.clear();
+            out.extend_from_slice(&opener.buf);
+            Ok(opener.buf.iter().filter(|&&b| b == b'\n').count() as u64 + 1)
+        }
+        BlockKind::Records => render_json_lines(&opener.buf, first, out),
     }
 }
 
