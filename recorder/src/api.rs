@@ -258,9 +258,9 @@ async fn route(state: ApiState, req: Request<Incoming>) -> Result<Answer, Answer
                 }
             }
             let _ = ask(&state, Command::Flush).await?;
-            let found = state
-                .store
-                .find_exchanges(&t.id, &q)
+            let store = state.store.clone();
+            let found = blocking(move || store.find_exchanges(&t.id, &q))
+                .await?
                 .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
             let out: Vec<StoredExchange> = found
                 .into_iter()
@@ -297,9 +297,9 @@ async fn route(state: ApiState, req: Request<Incoming>) -> Result<Answer, Answer
             let req: ExportRequest = body_json(req).await?;
             let _ = ask(&state, Command::Flush).await?;
             let path = std::path::PathBuf::from(&req.path);
-            let r = match req.format.as_deref() {
-                None | Some("bundle") => state.store.export_bundle(&t.id, &path),
-                Some("har") => state.store.export_har(&t.id, &path),
+            let har = match req.format.as_deref() {
+                None | Some("bundle") => false,
+                Some("har") => true,
                 Some(other) => {
                     return Err(error(
                         StatusCode::BAD_REQUEST,
@@ -307,6 +307,16 @@ async fn route(state: ApiState, req: Request<Incoming>) -> Result<Answer, Answer
                     ))
                 }
             };
+            // Off the engine's thread: an export can take a while.
+            let store = state.store.clone();
+            let r = blocking(move || {
+                if har {
+                    store.export_har(&t.id, &path)
+                } else {
+                    store.export_bundle(&t.id, &path)
+                }
+            })
+            .await?;
             r.map(|n| json(StatusCode::OK, &ExportAnswer { exchanges: n }))
                 .map_err(|e| {
                     error(
@@ -327,6 +337,17 @@ async fn route(state: ApiState, req: Request<Incoming>) -> Result<Answer, Answer
             format!("no such endpoint `{path}`"),
         )),
     }
+}
+
+/// Runs a slow store read on the blocking pool (the daemon's runtime has one thread, shared
+/// with the engine).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Answer> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the store read failed: {e}"),
+        )
+    })
 }
 
 /// Serves one request.

@@ -43,11 +43,11 @@ impl SinkError {
 
 /// Where recorded exchanges, task records and topology edges go.
 pub trait Sink: Send {
-    /// Exchanges, each with its task, in recorded order.
+    /// Exchanges, each with its task, in recorded order (handed over: no copy).
     ///
     /// # Errors
     /// The write failed.
-    fn write(&mut self, batch: &[(TaskId, Exchange)]) -> Result<(), SinkError>;
+    fn write(&mut self, batch: Vec<(TaskId, Exchange)>) -> Result<(), SinkError>;
     /// A task record changed.
     ///
     /// # Errors
@@ -69,20 +69,36 @@ pub trait Sink: Send {
 #[derive(Debug, Clone)]
 pub struct StoreSink(pub Arc<Store>);
 
+impl StoreSink {
+    fn append(&self, task: &str, run: &mut Vec<Exchange>) -> Result<(), SinkError> {
+        let r = self
+            .0
+            .append(task, run)
+            .map(|_| ())
+            .map_err(|e| SinkError::new("append exchanges to the store")(Box::new(e)));
+        run.clear();
+        r
+    }
+}
+
 impl Sink for StoreSink {
-    fn write(&mut self, batch: &[(TaskId, Exchange)]) -> Result<(), SinkError> {
-        let mut i = 0;
-        while i < batch.len() {
-            let task = &batch[i].0;
-            let mut j = i;
-            while j < batch.len() && batch[j].0 == *task {
-                j += 1;
+    fn write(&mut self, batch: Vec<(TaskId, Exchange)>) -> Result<(), SinkError> {
+        // One append per run of the same task, the exchanges moved, not copied.
+        let mut task: Option<TaskId> = None;
+        let mut run: Vec<Exchange> = Vec::with_capacity(batch.len());
+        for (id, ex) in batch {
+            if task.as_ref().is_some_and(|t| *t != id) {
+                if let Some(t) = task.take() {
+                    self.append(&t, &mut run)?;
+                }
             }
-            let exs: Vec<Exchange> = batch[i..j].iter().map(|(_, e)| e.clone()).collect();
-            self.0
-                .append(task, &exs)
-                .map_err(|e| SinkError::new("append exchanges to the store")(Box::new(e)))?;
-            i = j;
+            if task.is_none() {
+                task = Some(id);
+            }
+            run.push(ex);
+        }
+        if let Some(t) = task {
+            self.append(&t, &mut run)?;
         }
         Ok(())
     }
@@ -153,11 +169,11 @@ impl BundleSink {
 }
 
 impl Sink for BundleSink {
-    fn write(&mut self, batch: &[(TaskId, Exchange)]) -> Result<(), SinkError> {
+    fn write(&mut self, batch: Vec<(TaskId, Exchange)>) -> Result<(), SinkError> {
         let Some(w) = &mut self.writer else {
             return Ok(());
         };
-        for (_, e) in batch {
+        for (_, e) in &batch {
             w.write(e)
                 .map_err(|e| SinkError::new("write to the bundle")(Box::new(e)))?;
         }
@@ -190,11 +206,11 @@ pub struct MemorySink {
 }
 
 impl Sink for MemorySink {
-    fn write(&mut self, batch: &[(TaskId, Exchange)]) -> Result<(), SinkError> {
+    fn write(&mut self, batch: Vec<(TaskId, Exchange)>) -> Result<(), SinkError> {
         self.exchanges
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend_from_slice(batch);
+            .extend(batch);
         Ok(())
     }
 
@@ -225,11 +241,22 @@ impl Sink for MemorySink {
 pub trait EventSource: Send {
     /// The next event; none when the source ended.
     fn next_event(&mut self) -> impl std::future::Future<Output = Option<StreamEvent>> + Send;
+
+    /// An event that is ready now, without waiting (none: wait with [`Self::next_event`]).
+    /// The engine drains ready events in batches between two looks at its commands and
+    /// timers.
+    fn try_next_event(&mut self) -> Option<StreamEvent> {
+        None
+    }
 }
 
 impl EventSource for mpsc::Receiver<StreamEvent> {
     async fn next_event(&mut self) -> Option<StreamEvent> {
         self.recv().await
+    }
+
+    fn try_next_event(&mut self) -> Option<StreamEvent> {
+        self.try_recv().ok()
     }
 }
 
@@ -298,6 +325,9 @@ impl Default for EngineOptions {
     }
 }
 
+/// Events handled in one go before the engine looks at its commands and timers again.
+const EVENTS_PER_TURN: usize = 1024;
+
 /// How the engine ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineEnd {
@@ -360,9 +390,10 @@ impl<S: Sink> Engine<S> {
         let mut result = Ok(());
         if !out.is_empty() {
             self.stats.batches += 1;
-            if let Err(e) = self.sink.write(&out) {
+            let n = out.len();
+            if let Err(e) = self.sink.write(out) {
                 self.stats.sink_errors += 1;
-                tracing::error!(error = %e, lost = out.len(), "Recorded exchanges could not be written.");
+                tracing::error!(error = %e, lost = n, "Recorded exchanges could not be written.");
                 result = Err(e);
             }
         }
@@ -471,9 +502,20 @@ impl<S: Sink> Engine<S> {
                 }
                 ev = source.next_event() => match ev {
                     Some(ev) => {
-                        self.pipeline.handle(ev);
-                        if self.pipeline.output_len() >= self.options.batch {
-                            let _ = self.flush(false);
+                        // Then what else is ready, up to a bound: one pass through this
+                        // select per batch, not per event.
+                        let mut next = Some(ev);
+                        let mut n = 0;
+                        while let Some(ev) = next {
+                            self.pipeline.handle(ev);
+                            if self.pipeline.output_len() >= self.options.batch {
+                                let _ = self.flush(false);
+                            }
+                            if self.options.exit_when_idle && self.pipeline.tasks.is_empty() {
+                                break;
+                            }
+                            n += 1;
+                            next = if n < EVENTS_PER_TURN { source.try_next_event() } else { None };
                         }
                         if self.options.exit_when_idle && self.pipeline.tasks.is_empty() {
                             break EngineEnd::Idle;
@@ -494,6 +536,10 @@ impl<S: Sink> Engine<S> {
 impl EventSource for crate::capture::Capture {
     async fn next_event(&mut self) -> Option<StreamEvent> {
         crate::capture::Capture::next_event(self).await
+    }
+
+    fn try_next_event(&mut self) -> Option<StreamEvent> {
+        crate::capture::Capture::try_next_event(self)
     }
 }
 

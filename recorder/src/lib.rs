@@ -30,5 +30,5 @@ pub use pipeline::{Pipeline, PipelineConfig, PipelineStats};
 pub use policy::{Policy, PolicyError};
 pub use redact::{JsonPath, Redactor, DEFAULT_HEADERS, REDACTED};
 pub use services::{EndpointFacts, ProcCache, ServiceNamer, ServiceRule, ServiceRuleError};
-pub use tasks::{reason, Loss, NotRunning, TaskManager};
-pub use topology::{is_error, EdgeKey, TopologyAggregator, MAX_EDGES, OTHER};
+pub use tasks::{reason, Loss, NotRunning, PairCache, TaskManager};
+pub use topology::{is_error, EdgeId, EdgeKey, TopologyAggregator, MAX_EDGES, OTHER};

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::{ConnInfo, GapReason, StreamEvent};
 use crate::services::{canonical, EndpointFacts, ProcCache, ServiceNamer};
-use crate::tasks::{Loss, TaskManager};
-use crate::topology::{EdgeKey, TopologyAggregator};
+use crate::tasks::{Loss, PairCache, TaskManager};
+use crate::topology::{EdgeId, EdgeKey, TopologyAggregator};
 
 /// Limits of the pipeline.
 #[derive(Debug, Clone)]
@@ -116,7 +116,9 @@ struct Conn {
     held_bytes: usize,
     decoding: Decoding,
     meta: Option<ConnectionMeta>,
-    edge: Option<EdgeKey>,
+    edge: Option<EdgeId>,
+    /// Which running tasks want this connection's service pair.
+    pair: PairCache,
     /// Detected protocol (the edge is assigned at the first exchange, when both ends of a
     /// loopback connection are known: a MySQL server speaks before its client is seen).
     protocol: Option<Protocol>,
@@ -127,6 +129,30 @@ struct Conn {
 }
 
 type Tuple = (SocketAddr, SocketAddr);
+
+/// Hashes the recorder's own connection ids (not attacker-chosen) with one multiply instead
+/// of SipHash: the connection table is looked up on every event.
+#[derive(Debug, Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 ^= self.0 >> 29;
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
 
 fn canon(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(canonical(a.ip()), a.port())
@@ -142,7 +168,7 @@ pub struct Pipeline {
     config: PipelineConfig,
     namer: ServiceNamer,
     procs: ProcCache,
-    conns: HashMap<u64, Conn>,
+    conns: IdMap<Conn>,
     by_tuple: HashMap<Tuple, u64>,
     /// Running tasks.
     pub tasks: TaskManager,
@@ -179,7 +205,7 @@ impl Pipeline {
             config,
             namer,
             procs: ProcCache::default(),
-            conns: HashMap::new(),
+            conns: IdMap::default(),
             by_tuple: HashMap::new(),
             tasks,
             topology,
@@ -336,6 +362,7 @@ impl Pipeline {
                 },
                 meta: None,
                 edge: None,
+                pair: PairCache::default(),
                 protocol: None,
                 pending_sent: 0,
                 pending_received: 0,
@@ -424,9 +451,9 @@ impl Pipeline {
                     Direction::Request => c.pending_sent += n,
                     Direction::Response => c.pending_received += n,
                 }
-                if let Some(e) = &c.edge {
+                if let Some(e) = c.edge {
                     self.topology
-                        .bytes(e, c.pending_sent, c.pending_received, now_ms_of(ts_ns));
+                        .bytes_on(e, c.pending_sent, c.pending_received, now_ms_of(ts_ns));
                     c.pending_sent = 0;
                     c.pending_received = 0;
                 }
@@ -522,12 +549,13 @@ impl Pipeline {
             protocol,
         };
         let now = now_ms_of(ts_ns);
-        self.topology.connection(&key, now);
+        let id = self.topology.edge_id(&key, now);
+        self.topology.connection_on(id, now);
         self.topology
-            .bytes(&key, c.pending_sent, c.pending_received, now);
+            .bytes_on(id, c.pending_sent, c.pending_received, now);
         c.pending_sent = 0;
         c.pending_received = 0;
-        c.edge = Some(key);
+        c.edge = Some(id);
         c.meta = Some(meta);
     }
 
@@ -593,22 +621,31 @@ impl Pipeline {
             let p = c.protocol;
             self.assign_edge(c, p, ts_ns);
         }
-        let (Some(meta), Some(edge)) = (&c.meta, &c.edge) else {
+        let (Some(meta), Some(edge)) = (&c.meta, c.edge) else {
             return;
         };
         let now = now_ms_of(ts_ns);
         let before = self.out.len();
+        // The service globs of the running tasks run once per connection, not per exchange;
+        // a connection no task wants costs no copy of its metadata.
+        let wanted = !self.tasks.is_empty()
+            && self.tasks.wants_cached(
+                &mut c.pair,
+                meta.client.service.as_deref().unwrap_or(""),
+                meta.server.service.as_deref().unwrap_or(""),
+            );
         for mut ex in self.scratch.drain(..) {
-            ex.conn = meta.clone();
             ex.seq = c.seq;
             c.seq += 1;
             self.stats.exchanges += 1;
             if ex.flags.gap {
                 self.stats.exchanges_with_gap += 1;
             }
-            self.topology.exchange(edge, &ex, now);
-            if !self.tasks.is_empty() {
-                self.tasks.offer(&ex, c.loss, now, &mut self.out);
+            self.topology.exchange_on(edge, &ex, now);
+            if wanted {
+                ex.conn = meta.clone();
+                self.tasks
+                    .offer_cached(ex, c.loss, now, &mut c.pair, &mut self.out);
             }
         }
         self.stats.recorded += (self.out.len() - before) as u64;

@@ -260,17 +260,20 @@ impl Policy {
     pub fn matches(&self, ex: &Exchange) -> bool {
         let client = ex.conn.client.service.as_deref().unwrap_or("");
         let server = ex.conn.server.service.as_deref().unwrap_or("");
-        if !self.matches_pair(client, server) {
-            return false;
-        }
+        self.matches_pair(client, server) && self.matches_rest(ex, &mut None)
+    }
+
+    /// Protocol and interfaces (the pair is checked apart, once per connection); `iface`
+    /// caches the exchange's interface string across the tasks it is offered to.
+    pub(crate) fn matches_rest(&self, ex: &Exchange, iface: &mut Option<String>) -> bool {
         if self.protocol.is_some_and(|p| p != ex.protocol) {
             return false;
         }
         if self.interfaces.is_empty() {
             return true;
         }
-        let iface = ex.interface();
-        self.interfaces.iter().any(|p| p.matches(&iface))
+        let iface = iface.get_or_insert_with(|| ex.interface());
+        self.interfaces.iter().any(|p| p.matches(iface))
     }
 }
 

@@ -35,6 +35,9 @@ struct Active {
     policy: Policy,
     deadline_ms: Option<u64>,
     rng: u64,
+    /// The record changed since the last [`TaskManager::take_changed`] (a flag, not a list
+    /// entry per exchange).
+    dirty: bool,
 }
 
 impl Active {
@@ -58,9 +61,23 @@ impl Active {
 pub struct TaskManager {
     active: Vec<Active>,
     seq: u64,
-    /// Tasks whose record changed (stats or state) since the last [`Self::take_changed`].
+    /// Tasks that started or ended since the last [`Self::take_changed`] (running tasks whose
+    /// counters changed carry a dirty flag instead).
     changed: Vec<TaskId>,
     ended: Vec<TaskRecord>,
+    /// Bumped whenever the set of running tasks changes (a [`PairCache`] is then stale).
+    generation: u64,
+    /// Scratch: indexes of the tasks keeping the exchange being offered.
+    keepers: Vec<usize>,
+}
+
+/// Which running tasks want the service pair of one connection: the service globs are
+/// matched once per connection and task set, not once per exchange. Keep one per connection
+/// and pass it to [`TaskManager::offer`].
+#[derive(Debug, Clone, Default)]
+pub struct PairCache {
+    generation: u64,
+    wants: Vec<bool>,
 }
 
 /// A task id that is not known.
@@ -125,7 +142,9 @@ impl TaskManager {
             policy,
             deadline_ms,
             rng: h.finish() | 1,
+            dirty: false,
         });
+        self.generation += 1;
         Ok(out)
     }
 
@@ -144,6 +163,7 @@ impl TaskManager {
 
     fn finish(&mut self, i: usize, reason: &str, now_ms: u64) -> TaskRecord {
         let mut a = self.active.remove(i);
+        self.generation += 1;
         a.record.state = TaskState::Stopped;
         a.record.stop_reason = Some(reason.to_owned());
         a.record.stopped_ms = Some(now_ms);
@@ -204,6 +224,11 @@ impl TaskManager {
     /// Ids of tasks whose record changed since the last call (to persist them).
     pub fn take_changed(&mut self) -> Vec<TaskId> {
         let mut v = std::mem::take(&mut self.changed);
+        for a in &mut self.active {
+            if std::mem::take(&mut a.dirty) {
+                v.push(a.record.id.clone());
+            }
+        }
         v.sort();
         v.dedup();
         v
@@ -215,27 +240,65 @@ impl TaskManager {
     }
 
     /// Offers an exchange (services filled in) to every running task; the copies to store,
-    /// redacted and cut per task, go to `out` with their task id. Tasks that reach their
-    /// count stop here.
+    /// redacted and cut per task, go to `out` with their task id (the last task that keeps it
+    /// gets the exchange itself, the others a copy). Tasks that reach their count stop here.
     pub fn offer(
         &mut self,
-        ex: &Exchange,
+        ex: Exchange,
         loss: Loss,
         now_ms: u64,
         out: &mut Vec<(TaskId, Exchange)>,
     ) {
-        let mut i = 0;
-        while i < self.active.len() {
-            let a = &mut self.active[i];
-            if a.deadline_ms.is_some_and(|d| now_ms >= d) {
-                self.finish(i, reason::DURATION, now_ms);
+        let mut cache = PairCache::default();
+        self.offer_cached(ex, loss, now_ms, &mut cache, out);
+    }
+
+    /// Whether some running task wants exchanges between these services, through the
+    /// connection's cache (the globs run again only when the running tasks changed).
+    pub fn wants_cached(&self, cache: &mut PairCache, client: &str, server: &str) -> bool {
+        if cache.generation != self.generation || cache.wants.len() != self.active.len() {
+            cache.wants.clear();
+            cache.wants.extend(
+                self.active
+                    .iter()
+                    .map(|a| a.policy.matches_pair(client, server)),
+            );
+            cache.generation = self.generation;
+        }
+        cache.wants.iter().any(|w| *w)
+    }
+
+    /// [`Self::offer`] with the connection's [`PairCache`].
+    pub fn offer_cached(
+        &mut self,
+        ex: Exchange,
+        loss: Loss,
+        now_ms: u64,
+        cache: &mut PairCache,
+        out: &mut Vec<(TaskId, Exchange)>,
+    ) {
+        // Tasks past their duration end first (index-stable loop below).
+        if self
+            .active
+            .iter()
+            .any(|a| a.deadline_ms.is_some_and(|d| now_ms >= d))
+        {
+            self.tick(now_ms);
+        }
+        let client = ex.conn.client.service.as_deref().unwrap_or("");
+        let server = ex.conn.server.service.as_deref().unwrap_or("");
+        if !self.wants_cached(cache, client, server) {
+            return;
+        }
+        // Which tasks keep it (matched, no gap, sampled in); counters as they go.
+        let mut keepers = std::mem::take(&mut self.keepers);
+        keepers.clear();
+        let mut iface: Option<String> = None;
+        for (i, a) in self.active.iter_mut().enumerate() {
+            if !cache.wants[i] || !a.policy.matches_rest(&ex, &mut iface) {
                 continue;
             }
-            if !a.policy.matches(ex) {
-                i += 1;
-                continue;
-            }
-            self.changed.push(a.record.id.clone());
+            a.dirty = true;
             let st = &mut a.record.stats;
             st.matched += 1;
             if ex.flags.gap {
@@ -243,33 +306,52 @@ impl TaskManager {
                     Loss::RingBuffer => st.dropped_ring_buffer += 1,
                     Loss::Gap | Loss::None => st.dropped_gap += 1,
                 }
-                i += 1;
                 continue;
             }
             if !a.sample() {
                 a.record.stats.dropped_sampling += 1;
-                i += 1;
                 continue;
             }
-            let mut copy = ex.clone();
-            a.policy.redactor.apply(&mut copy);
-            let cut = a
-                .policy
-                .max_body
-                .is_some_and(|m| cut_bodies(&mut copy, usize::try_from(m).unwrap_or(usize::MAX)));
-            let st = &mut a.record.stats;
-            if cut || copy.flags.truncated || any_truncated(&copy) {
-                copy.flags.truncated = true;
-                st.truncated += 1;
-            }
-            st.recorded += 1;
-            out.push((a.record.id.clone(), copy));
-            if a.policy.count.is_some_and(|c| a.record.stats.recorded >= c) {
-                self.finish(i, reason::COUNT, now_ms);
-                continue;
-            }
-            i += 1;
+            keepers.push(i);
         }
+        if let Some((&last, rest)) = keepers.split_last() {
+            // Every keeper but the last gets a copy; the last one the exchange itself.
+            let mut count_reached = false;
+            for &i in rest {
+                count_reached |= self.active[i].keep(ex.clone(), out);
+            }
+            count_reached |= self.active[last].keep(ex, out);
+            if count_reached {
+                // Highest index first, so the lower ones stay valid.
+                for &i in keepers.iter().rev() {
+                    let a = &self.active[i];
+                    if a.policy.count.is_some_and(|c| a.record.stats.recorded >= c) {
+                        self.finish(i, reason::COUNT, now_ms);
+                    }
+                }
+            }
+        }
+        self.keepers = keepers;
+    }
+}
+
+impl Active {
+    /// Redacts and cuts `ex` for this task, counts it and queues it; true when the task has
+    /// now recorded its count.
+    fn keep(&mut self, mut ex: Exchange, out: &mut Vec<(TaskId, Exchange)>) -> bool {
+        self.policy.redactor.apply(&mut ex);
+        let cut = self
+            .policy
+            .max_body
+            .is_some_and(|m| cut_bodies(&mut ex, usize::try_from(m).unwrap_or(usize::MAX)));
+        let st = &mut self.record.stats;
+        if cut || ex.flags.truncated || any_truncated(&ex) {
+            ex.flags.truncated = true;
+            st.truncated += 1;
+        }
+        st.recorded += 1;
+        out.push((self.record.id.clone(), ex));
+        self.policy.count.is_some_and(|c| st.recorded >= c)
     }
 }
 
@@ -383,19 +465,19 @@ mod tests {
         let mut out = Vec::new();
         for _ in 0..5 {
             m.offer(
-                &ex("web", "checkout", "POST", "/api/orders/1"),
+                ex("web", "checkout", "POST", "/api/orders/1"),
                 Loss::None,
                 1001,
                 &mut out,
             );
             m.offer(
-                &ex("web", "checkout", "GET", "/api/orders/1"),
+                ex("web", "checkout", "GET", "/api/orders/1"),
                 Loss::None,
                 1001,
                 &mut out,
             );
             m.offer(
-                &ex("batch", "checkout", "POST", "/api/orders/1"),
+                ex("batch", "checkout", "POST", "/api/orders/1"),
                 Loss::None,
                 1001,
                 &mut out,
@@ -432,12 +514,12 @@ mod tests {
             .unwrap();
         let mut out = Vec::new();
         for _ in 0..4000 {
-            m.offer(&ex("a", "b", "GET", "/"), Loss::None, 10, &mut out);
+            m.offer(ex("a", "b", "GET", "/"), Loss::None, 10, &mut out);
         }
         let mut gap = ex("a", "b", "GET", "/");
         gap.flags.gap = true;
-        m.offer(&gap, Loss::RingBuffer, 11, &mut out);
-        m.offer(&gap, Loss::Gap, 11, &mut out);
+        m.offer(gap.clone(), Loss::RingBuffer, 11, &mut out);
+        m.offer(gap, Loss::Gap, 11, &mut out);
         let st = m.get(&t.id).unwrap().stats.clone();
         assert_eq!(st.matched, 4002);
         assert_eq!(st.recorded + st.dropped_sampling, 4000);

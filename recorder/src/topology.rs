@@ -99,11 +99,17 @@ pub const MAX_EDGES: usize = 10_000;
 pub const OTHER: &str = "(other)";
 
 /// Aggregates edges in memory (at most [`MAX_EDGES`] distinct ones, then per-server
-/// `(other)` edges).
+/// `(other)` edges). A connection looks its edge up once ([`Self::edge_id`]) and then counts
+/// through the [`EdgeId`]: no hashing or string work per exchange.
 #[derive(Debug, Default)]
 pub struct TopologyAggregator {
-    edges: HashMap<EdgeKey, EdgeAcc>,
+    index: HashMap<EdgeKey, usize>,
+    edges: Vec<EdgeAcc>,
 }
+
+/// A handle on one edge of a [`TopologyAggregator`] (valid for that aggregator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeId(usize);
 
 /// Whether an exchange is an error: HTTP 5xx, a Redis error, a MySQL ERR.
 #[must_use]
@@ -128,66 +134,99 @@ impl TopologyAggregator {
                 port: e.port,
                 protocol: e.protocol,
             };
-            t.edges.insert(
-                key,
-                EdgeAcc {
-                    edge: e,
-                    latency: Histogram::new(),
-                },
-            );
+            if let Some(&i) = t.index.get(&key) {
+                t.edges[i].edge = e;
+                continue;
+            }
+            t.index.insert(key, t.edges.len());
+            t.edges.push(EdgeAcc {
+                edge: e,
+                latency: Histogram::new(),
+            });
         }
         t
     }
 
-    fn acc(&mut self, key: &EdgeKey, now_ms: u64) -> &mut EdgeAcc {
-        // Bounded memory: past MAX_EDGES, new edges fold into one per server under the
-        // client name `(other)`.
+    /// The edge of `key`, created when new. Bounded memory: past [`MAX_EDGES`], new edges
+    /// fold into one per server under the client name [`OTHER`].
+    pub fn edge_id(&mut self, key: &EdgeKey, now_ms: u64) -> EdgeId {
+        if let Some(&i) = self.index.get(key) {
+            return EdgeId(i);
+        }
         let folded;
-        let key = if self.edges.len() >= MAX_EDGES && !self.edges.contains_key(key) {
+        let key = if self.edges.len() >= MAX_EDGES {
             folded = EdgeKey {
                 client: OTHER.to_owned(),
                 ..key.clone()
             };
+            if let Some(&i) = self.index.get(&folded) {
+                return EdgeId(i);
+            }
             &folded
         } else {
             key
         };
-        if !self.edges.contains_key(key) {
-            self.edges.insert(
-                key.clone(),
-                EdgeAcc {
-                    edge: TopologyEdge {
-                        client: key.client.clone(),
-                        server: key.server.clone(),
-                        port: key.port,
-                        protocol: key.protocol,
-                        first_seen_ms: now_ms,
-                        ..TopologyEdge::default()
-                    },
-                    latency: Histogram::new(),
-                },
-            );
-        }
-        let acc = self.edges.get_mut(key).expect("inserted above");
+        let i = self.edges.len();
+        self.index.insert(key.clone(), i);
+        self.edges.push(EdgeAcc {
+            edge: TopologyEdge {
+                client: key.client.clone(),
+                server: key.server.clone(),
+                port: key.port,
+                protocol: key.protocol,
+                first_seen_ms: now_ms,
+                last_seen_ms: now_ms,
+                ..TopologyEdge::default()
+            },
+            latency: Histogram::new(),
+        });
+        EdgeId(i)
+    }
+
+    fn acc(&mut self, id: EdgeId, now_ms: u64) -> Option<&mut EdgeAcc> {
+        let acc = self.edges.get_mut(id.0)?;
         acc.edge.last_seen_ms = acc.edge.last_seen_ms.max(now_ms);
-        acc
+        Some(acc)
     }
 
     /// A connection on `key`.
     pub fn connection(&mut self, key: &EdgeKey, now_ms: u64) {
-        self.acc(key, now_ms).edge.connections += 1;
+        let id = self.edge_id(key, now_ms);
+        self.connection_on(id, now_ms);
+    }
+
+    /// A connection on the edge `id`.
+    pub fn connection_on(&mut self, id: EdgeId, now_ms: u64) {
+        if let Some(a) = self.acc(id, now_ms) {
+            a.edge.connections += 1;
+        }
     }
 
     /// Bytes on `key`.
     pub fn bytes(&mut self, key: &EdgeKey, sent: u64, received: u64, now_ms: u64) {
-        let e = &mut self.acc(key, now_ms).edge;
-        e.bytes_sent += sent;
-        e.bytes_received += received;
+        let id = self.edge_id(key, now_ms);
+        self.bytes_on(id, sent, received, now_ms);
+    }
+
+    /// Bytes on the edge `id`.
+    pub fn bytes_on(&mut self, id: EdgeId, sent: u64, received: u64, now_ms: u64) {
+        if let Some(a) = self.acc(id, now_ms) {
+            a.edge.bytes_sent += sent;
+            a.edge.bytes_received += received;
+        }
     }
 
     /// An exchange on `key`.
     pub fn exchange(&mut self, key: &EdgeKey, ex: &Exchange, now_ms: u64) {
-        let acc = self.acc(key, now_ms);
+        let id = self.edge_id(key, now_ms);
+        self.exchange_on(id, ex, now_ms);
+    }
+
+    /// An exchange on the edge `id`.
+    pub fn exchange_on(&mut self, id: EdgeId, ex: &Exchange, now_ms: u64) {
+        let Some(acc) = self.acc(id, now_ms) else {
+            return;
+        };
         acc.edge.exchanges += 1;
         if is_error(ex) {
             acc.edge.errors += 1;
@@ -202,7 +241,7 @@ impl TopologyAggregator {
     pub fn edges(&self) -> Vec<TopologyEdge> {
         let mut v: Vec<_> = self
             .edges
-            .values()
+            .iter()
             .map(|a| {
                 let mut e = a.edge.clone();
                 // After a restart the histogram starts empty: keep the persisted figures.

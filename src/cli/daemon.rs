@@ -62,8 +62,10 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| config.data_dir.clone())
         .unwrap_or_else(deetune_store::default_data_dir);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the engine waits on the ring buffer in its own epoll and the API shares the
+    // thread (slow store reads such as exports run on the blocking pool). A multi-threaded
+    // runtime cost a cross-thread wake-up per ring-buffer batch (ci/bench-record profile).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
