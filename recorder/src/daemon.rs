@@ -42,6 +42,11 @@ pub struct RecorderConfig {
     /// Page cache of the store in MiB (default 16: the daemon's memory budget is 128 MiB).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store_cache_mib: Option<u64>,
+    /// Kernel loopback de-duplication (default on): when both ends of a loopback connection
+    /// are captured, only the server end's bytes are copied (see
+    /// [`crate::CaptureConfig::loopback_dedup`]). `false` copies both ends, as before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loopback_dedup: Option<bool>,
     /// Service naming rules, first match wins.
     #[serde(rename = "service", skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceRule>,
@@ -98,6 +103,16 @@ impl RecorderConfig {
 }
 
 impl RecorderConfig {
+    /// The capture configuration of the daemon and of `deetune record`: the defaults, with
+    /// loopback de-duplication on unless the file turns it off.
+    #[must_use]
+    pub fn capture_config(&self) -> crate::CaptureConfig {
+        crate::CaptureConfig {
+            loopback_dedup: self.loopback_dedup.unwrap_or(true),
+            ..crate::CaptureConfig::default()
+        }
+    }
+
     /// Store options for the daemon.
     #[must_use]
     pub fn store_options(&self) -> deetune_store::StoreOptions {
@@ -217,6 +232,9 @@ mod tests {
         let cfg = RecorderConfig::load(&p).expect("example config");
         assert_eq!(cfg.services.len(), 2);
         assert_eq!(cfg.store_options().cache_bytes, 16 << 20);
+        assert!(cfg.capture_config().loopback_dedup, "on by default");
+        let off: RecorderConfig = toml::from_str("loopback_dedup = false\n").expect("parses");
+        assert!(!off.capture_config().loopback_dedup);
     }
 
     #[test]

@@ -126,6 +126,9 @@ struct Conn {
     pending_received: u64,
     loss: Loss,
     seq: u64,
+    /// Data or a gap reached this end (with the kernel's loopback dedup a client end whose
+    /// server end is captured never carries any).
+    carried: bool,
 }
 
 type Tuple = (SocketAddr, SocketAddr);
@@ -332,6 +335,13 @@ impl Pipeline {
                         self.stats.mirrored_connections += 1;
                         Side::Active
                     }
+                    // The client end was released (its hold expired) but carried nothing: with
+                    // the kernel's loopback dedup its bytes come from this end, keep this one.
+                    Some(p) if p.side == Side::Active && !p.carried => {
+                        p.side = Side::Mirror;
+                        self.stats.mirrored_connections += 1;
+                        Side::Active
+                    }
                     // The client end was already decoded (it waited too long): keep it.
                     Some(p) if p.side == Side::Active => {
                         self.stats.mirrored_connections += 1;
@@ -368,6 +378,7 @@ impl Pipeline {
                 pending_received: 0,
                 loss: Loss::None,
                 seq: 0,
+                carried: false,
             },
         );
     }
@@ -377,6 +388,7 @@ impl Pipeline {
             self.stats.orphan_events += 1;
             return;
         };
+        c.carried = true;
         match c.side {
             Side::Mirror => {}
             Side::Held => {

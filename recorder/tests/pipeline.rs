@@ -240,6 +240,69 @@ fn loopback_connection_is_decoded_once_from_the_server_side_with_both_services_n
     );
 }
 
+/// The events of [`loopback`] as the kernel's loopback dedup delivers them: the client end
+/// opens and closes, its bytes come only from the server end.
+fn deduped(events: Vec<StreamEvent>, client_end: u64) -> Vec<StreamEvent> {
+    events
+        .into_iter()
+        .filter(|e| {
+            !matches!(e, StreamEvent::Data { conn, .. } | StreamEvent::Gap { conn, .. } if *conn == client_end)
+        })
+        .collect()
+}
+
+/// Guards the pipeline under `CaptureConfig::loopback_dedup`: a client end without data is
+/// still dropped as the mirror, also when its hold expired before the server end showed up
+/// (it would otherwise stay the decoded end and every exchange of the server end be lost).
+#[test]
+fn deduplicated_loopback_client_end_carries_no_data_and_exchanges_come_once() {
+    let chunks = vec![
+        http_get("/a", ""),
+        http_ok("one", ""),
+        http_get("/b", ""),
+        http_ok("two", ""),
+    ];
+    let spec = TaskSpec {
+        from: Some("web".into()),
+        to: Some("checkout".into()),
+        ..TaskSpec::default()
+    };
+    // Server end seen right away.
+    let (mut p, _) = pipeline(std::slice::from_ref(&spec), &[]);
+    feed(
+        &mut p,
+        deduped(loopback(10, "web", "checkout", 8080, 40000, &chunks), 11),
+    );
+    let out = p.take_output();
+    let names: Vec<String> = out.iter().map(|(_, e)| e.interface()).collect();
+    assert_eq!(names, ["GET /a", "GET /b"]);
+    assert!(out.iter().all(|(_, e)| e.conn.id == 10
+        && e.conn.client.service.as_deref() == Some("web")
+        && e.conn.client.pid == Some(2010)));
+    assert_eq!(p.stats().mirrored_connections, 1);
+
+    // Server end seen only after the client end's hold expired (an idle pooled connection).
+    let (mut p, _) = pipeline(&[spec], &[]);
+    let mut events = deduped(loopback(20, "web", "checkout", 8081, 40001, &chunks), 21);
+    let first = events.remove(0);
+    assert!(matches!(&first, StreamEvent::Opened(i) if i.id == 21));
+    p.handle(first);
+    p.tick(T0 / 1_000_000 + 5_000);
+    feed(&mut p, events);
+    let out = p.take_output();
+    let names: Vec<String> = out.iter().map(|(_, e)| e.interface()).collect();
+    assert_eq!(names, ["GET /a", "GET /b"], "{:?}", p.stats());
+    assert!(out.iter().all(|(_, e)| e.conn.id == 20));
+    let edges = p.topology.edges();
+    assert_eq!(
+        edges.len(),
+        1,
+        "no edge for the empty client end: {edges:?}"
+    );
+    assert_eq!((edges[0].connections, edges[0].exchanges), (1, 2));
+    assert_eq!(p.stats().unknown_connections, 0);
+}
+
 #[test]
 fn client_end_alone_is_decoded_when_the_server_is_not_captured() {
     let chunks = vec![http_get("/a", ""), http_ok("hi", "")];

@@ -72,8 +72,11 @@ fn record_with(
         .build()
         .expect("runtime");
     rt.block_on(async {
+        // As `deetune record` and the daemon run it: the kernel copies loopback connections
+        // once (the server end); the Redis test below keeps both ends copied.
         let capture = Capture::start(CaptureConfig {
             ports: vec![port],
+            loopback_dedup: true,
             ..CaptureConfig::default()
         })
         .expect("capture");
@@ -380,6 +383,7 @@ fn child_daemon() {
         let store = Arc::new(Store::open(dir.join("data")).expect("store"));
         let capture = Capture::start(CaptureConfig {
             ports: vec![port],
+            loopback_dedup: true,
             ..CaptureConfig::default()
         })
         .expect("capture");

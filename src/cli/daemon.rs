@@ -6,9 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use deetune_recorder::{
-    run_daemon, Capture, CaptureConfig, NoEvents, RecorderConfig, DEFAULT_SOCKET,
-};
+use deetune_recorder::{run_daemon, Capture, NoEvents, RecorderConfig, DEFAULT_SOCKET};
 use deetune_store::Store;
 
 use super::Global;
@@ -86,8 +84,8 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             )
             .await?;
         } else {
-            let capture = Capture::start(CaptureConfig::default())
-                .context("cannot start the eBPF capture")?;
+            let capture =
+                Capture::start(config.capture_config()).context("cannot start the eBPF capture")?;
             run_daemon(
                 store,
                 &config.services,

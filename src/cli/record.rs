@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use deetune_recorder::{new_task, record, BundleSink, Capture, CaptureConfig, RecorderConfig};
+use deetune_recorder::{new_task, record, BundleSink, Capture, RecorderConfig};
 
 use super::daemon::terminated;
 use super::task::{print_one, PolicyArgs};
@@ -47,7 +47,7 @@ pub(crate) fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     let (task, mut sink) = rt.block_on(async {
         let capture =
-            Capture::start(CaptureConfig::default()).context("cannot start the eBPF capture")?;
+            Capture::start(config.capture_config()).context("cannot start the eBPF capture")?;
         let sink = BundleSink::create(output.clone(), &header)?;
         eprintln!("Recording into {} (Ctrl-C stops).", output.display());
         let (task, sink, _stats) =
