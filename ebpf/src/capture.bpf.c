@@ -569,7 +569,9 @@ static __always_inline void unmute(struct conn *c, __u32 tgid, __u8 dir, __u64 p
 }
 
 /* Ring record sizes: a data event reserves the smallest class that holds its payload (the
- * verifier wants a constant size), so one copy goes from user memory straight into the ring. */
+ * verifier wants a constant size), so one copy goes from user memory straight into the ring.
+ * Classes a quarter to a half apart keep the unused tail of a record (and so the ring space
+ * per byte, which matters when the reader falls behind) within 33 % above 1 KiB. */
 #define DT_DATA_HDR 40 /* offsetof(struct dt_data_event, data) */
 #define DT_EMIT_CLASS(SZ)                                                                  \
 	if (n <= (SZ)) {                                                                   \
@@ -616,10 +618,16 @@ __noinline int dt_emit_chunk(__u64 pos, __u64 src, __u64 n)
 	if (n == 0)
 		return 0;
 	DT_EMIT_CLASS(128)
+	DT_EMIT_CLASS(256)
 	DT_EMIT_CLASS(512)
+	DT_EMIT_CLASS(1024)
+	DT_EMIT_CLASS(1536)
 	DT_EMIT_CLASS(2048)
+	DT_EMIT_CLASS(3072)
 	DT_EMIT_CLASS(4096)
+	DT_EMIT_CLASS(6144)
 	DT_EMIT_CLASS(8192)
+	DT_EMIT_CLASS(12288)
 	DT_EMIT_CLASS(DT_CHUNK_MAX)
 	return -1;
 filled:
@@ -675,11 +683,14 @@ __noinline __u64 dt_emit_range(__u64 pos, __u64 src, __u64 len)
 /*
  * Vectored I/O of at most SZ bytes (`left`) in one data event: every iovec piece is copied
  * into one ring record, so a writev of a header and a body costs one reserve/submit, not one
- * per piece. The record is HDR + 2 * SZ: the verifier checks `offset + length` with the
- * bounds of each (offset < SZ, length <= SZ), not their sum. Returns the bytes copied (all
- * of `left`), or -1 when the caller should copy piece by piece (no room in the ring, an
- * unreadable iovec or piece: that path reports them exactly). Global, verified once.
+ * per piece. Every piece must start in the first DT_GATHER_HEAD bytes (a header, then a
+ * body: nginx's and most servers' writev): the verifier bounds a piece's offset and length
+ * separately, so the record is HDR + DT_GATHER_HEAD + SZ. Returns the bytes copied (all of
+ * `left`), or -1 when the caller should copy piece by piece (pieces further in, no room in
+ * the ring, an unreadable iovec or piece: that path reports those exactly). Global, verified
+ * once per class.
  */
+#define DT_GATHER_HEAD 512
 #define DT_GATHER(SZ)                                                                     \
 	__noinline int dt_gather_##SZ(__u64 pos, __u64 iovp, __u64 n_iov, __u64 left)    \
 	{                                                                                 \
@@ -688,14 +699,16 @@ __noinline __u64 dt_emit_range(__u64 pos, __u64 src, __u64 len)
 		struct dt_stats *st = get_stats();                                        \
 		if (!x || !st || left > (SZ))                                             \
 			return -1;                                                        \
-		struct dt_data_event *e =                                                 \
-			bpf_ringbuf_reserve(&events, DT_DATA_HDR + 2 * (SZ), 0);          \
+		struct dt_data_event *e = bpf_ringbuf_reserve(                            \
+			&events, DT_DATA_HDR + DT_GATHER_HEAD + (SZ), 0);                 \
 		if (!e)                                                                   \
 			return -1;                                                        \
 		__u64 off = 0;                                                            \
 		for (int j = 0; j < DT_IOV_MAX; j++) {                                    \
-			if (j >= n_iov || off >= left || off >= (SZ))                    \
+			if (j >= n_iov || off >= left)                                    \
 				break;                                                    \
+			if (off >= DT_GATHER_HEAD)                                        \
+				goto fail;                                                \
 			struct dt_iovec iov;                                              \
 			if (bpf_probe_read_user(&iov, sizeof(iov),                        \
 						(void *)(iovp + j * sizeof(iov))))        \
@@ -720,7 +733,7 @@ __noinline __u64 dt_emit_range(__u64 pos, __u64 src, __u64 len)
 		e->dir = x->dir;                                                          \
 		e->syscall = x->syscall;                                                  \
 		e->_pad = 0;                                                              \
-		bpf_ringbuf_submit(e, wake_flags(x, DT_DATA_HDR + 2 * (SZ)));             \
+		bpf_ringbuf_submit(e, wake_flags(x, DT_DATA_HDR + DT_GATHER_HEAD + (SZ)));\
 		st->v[DT_ST_EVENTS] += 1;                                                 \
 		st->v[DT_ST_BYTES] += off;                                                \
 		return off;                                                               \
@@ -729,8 +742,9 @@ __noinline __u64 dt_emit_range(__u64 pos, __u64 src, __u64 len)
 		return -1;                                                                \
 	}
 
-DT_GATHER(512)
+DT_GATHER(1024)
 DT_GATHER(2048)
+DT_GATHER(3072)
 DT_GATHER(4096)
 
 /* Whether the filters let `c` through for `tgid`, cached per config generation. */
@@ -887,10 +901,12 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 	int gathered = -1;
 	if (iovcnt > 1 && left <= 4096) {
 		__u64 n_iov = iovcnt < DT_IOV_MAX ? iovcnt : DT_IOV_MAX;
-		if (left <= 512)
-			gathered = dt_gather_512(pos0, buf, n_iov, left);
+		if (left <= 1024)
+			gathered = dt_gather_1024(pos0, buf, n_iov, left);
 		else if (left <= 2048)
 			gathered = dt_gather_2048(pos0, buf, n_iov, left);
+		else if (left <= 3072)
+			gathered = dt_gather_3072(pos0, buf, n_iov, left);
 		else
 			gathered = dt_gather_4096(pos0, buf, n_iov, left);
 	}

@@ -569,6 +569,38 @@ async fn many_small_writes_are_captured_in_order() {
     assert_exact(&run, 7, 3000, 500, 1);
 }
 
+/// Vectored sends of a few pieces within 4 KiB (pieces starting in the first 512 bytes) are
+/// gathered into one event per syscall: exact bytes, and fewer events than pieces.
+async fn gathered_case(send: &str) {
+    let (size, count) = (900usize, 20usize);
+    let envs = [
+        ("DT_SEND", send.to_string()),
+        ("DT_SIZE", size.to_string()),
+        ("DT_COUNT", count.to_string()),
+    ];
+    let run = capture_child(&envs, 256 * 1024, no_filter).await;
+    assert_exact(&run, size, count, 500, 1);
+    // Without gathering the sends alone are 3 events each (60); with it 1 each, plus the
+    // receives (gathered too when they are small), the reply, 2 opens and 2 closes.
+    assert!(
+        run.stats.kernel_events < 3 * count as u64,
+        "vectored sends were not gathered: {:?}",
+        run.stats
+    );
+}
+
+#[tokio::test]
+async fn small_writev_is_gathered_into_one_event() {
+    require_root!();
+    gathered_case("writev").await;
+}
+
+#[tokio::test]
+async fn small_sendmsg_is_gathered_into_one_event() {
+    require_root!();
+    gathered_case("sendmsg").await;
+}
+
 #[tokio::test]
 async fn ipv6_is_captured() {
     require_root!();
