@@ -62,6 +62,12 @@ pub struct ReplayConfig {
     pub rules: RulesFile,
     /// Timeout for connecting and for each response.
     pub timeout: Duration,
+    /// https targets and baselines: accept any server certificate (self-signed staging).
+    /// The connection is still encrypted, but the server is not authenticated.
+    pub insecure: bool,
+    /// https targets and baselines: PEM files of CA certificates trusted in addition to the
+    /// built-in web roots (a staging CA, or a self-signed certificate itself).
+    pub ca_certs: Vec<std::path::PathBuf>,
     /// Draw a progress bar on stderr when it is a terminal.
     pub progress: bool,
     /// Non-passing exchanges whose full responses are kept for the HTML report.
@@ -82,6 +88,8 @@ impl Default for ReplayConfig {
             allow_production_target: false,
             rules: RulesFile::default(),
             timeout: Duration::from_secs(10),
+            insecure: false,
+            ca_certs: Vec::new(),
             progress: false,
             max_details: 500,
         }

@@ -95,6 +95,14 @@ pub enum ReplayError {
         /// The recorded connection.
         conn: u64,
     },
+    /// A `--ca-cert` file could not be read or holds no usable certificate.
+    #[error("cannot use the CA certificate file {path}: {reason}")]
+    CaCert {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The tokio runtime could not start.
     #[error("cannot start the replay runtime: {0}")]
     Runtime(#[source] std::io::Error),

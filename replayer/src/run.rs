@@ -235,13 +235,7 @@ where
         .chain(&config.baselines)
         .any(|t| t.scheme == crate::Scheme::Https);
     let tls = if needs_tls {
-        match send::tls_config() {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::error!(error = %e, "TLS is not available; https targets will fail.");
-                None
-            }
-        }
+        Some(send::tls_config(config.insecure, &config.ca_certs)?)
     } else {
         None
     };

@@ -79,6 +79,14 @@ pub(crate) struct Args {
     /// Write the noise learned from --baseline as a rules file.
     #[arg(long, value_name = "FILE", requires = "baseline")]
     write_noise: Option<PathBuf>,
+    /// https targets: trust the CA certificates in this PEM file too (a staging CA or a
+    /// self-signed certificate's issuer), besides the built-in web roots. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Vec<PathBuf>,
+    /// https targets: accept any server certificate (self-signed staging). Still encrypted,
+    /// but the server is not authenticated.
+    #[arg(long)]
+    insecure: bool,
     /// Seconds to wait for a connection or a response.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     timeout: f64,
@@ -152,6 +160,8 @@ fn config(global: &Global, args: &Args) -> anyhow::Result<ReplayConfig> {
         allow_production_target: args.allow_production_target,
         rules,
         timeout: Duration::from_secs_f64(args.timeout),
+        insecure: args.insecure,
+        ca_certs: args.ca_cert.clone(),
         progress: !global.quiet,
         max_details: 500,
     })

@@ -17,6 +17,37 @@ use hyper::body::Bytes;
 /// Starts the service on 127.0.0.1:0 and returns its address. `version` 2 changes the
 /// `price` of `GET /api/price` only.
 pub async fn start_service(version: u8) -> SocketAddr {
+    start(version, None).await
+}
+
+/// The same service over TLS with this certificate chain and key (PEM files).
+pub async fn start_tls_service(
+    version: u8,
+    cert_pem: &std::path::Path,
+    key_pem: &std::path::Path,
+) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert_pem)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key_pem).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    start(
+        version,
+        Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+    )
+    .await
+}
+
+async fn start(version: u8, tls: Option<tokio_rustls::TlsAcceptor>) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let random = Arc::new(AtomicU64::new(0x9e37_79b9));
@@ -26,6 +57,7 @@ pub async fn start_service(version: u8) -> SocketAddr {
                 break;
             };
             let random = Arc::clone(&random);
+            let tls = tls.clone();
             tokio::spawn(async move {
                 // Per connection: how many requests it carried so far (checks session order).
                 let counter = Arc::new(AtomicU64::new(0));
@@ -38,10 +70,21 @@ pub async fn start_service(version: u8) -> SocketAddr {
                         async move { Ok::<_, Infallible>(handle(version, &req, n, r)) }
                     },
                 );
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, svc)
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    None => {
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = http.serve_connection(io, svc).await;
+                    }
+                    Some(acceptor) => {
+                        // A client that rejects the certificate ends the handshake.
+                        let Ok(stream) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = http.serve_connection(io, svc).await;
+                    }
+                }
             });
         }
     });
