@@ -11,6 +11,7 @@ use deetune_store::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::capture::CaptureStats;
 use crate::events::StreamEvent;
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::policy::PolicyError;
@@ -248,6 +249,13 @@ pub trait EventSource: Send {
     fn try_next_event(&mut self) -> Option<StreamEvent> {
         None
     }
+
+    /// The capture's own counters, when the source is a capture: losses the kernel counted
+    /// that belong to no connection (a full connection table, lost open/close events, …)
+    /// show up only here, not in any task.
+    fn capture_stats(&self) -> Option<CaptureStats> {
+        None
+    }
 }
 
 impl EventSource for mpsc::Receiver<StreamEvent> {
@@ -302,6 +310,65 @@ pub struct EngineStats {
     pub batches: u64,
     /// Sink errors (each also logged).
     pub sink_errors: u64,
+    /// The capture's counters, with the losses the kernel counted outside any connection
+    /// (none without a capture).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<CaptureCounters>,
+}
+
+/// What `GET /v1/status` shows of the capture: events and bytes, and every loss it counted,
+/// including those tied to no connection and so to no task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct CaptureCounters {
+    /// Events the kernel wrote to the ring buffer.
+    pub kernel_events: u64,
+    /// Payload bytes the kernel wrote to the ring buffer.
+    pub kernel_bytes: u64,
+    /// Connections opened.
+    pub connections: u64,
+    /// Bytes left to the server end of loopback connections (dedup; not a loss).
+    pub dedup_bytes: u64,
+    /// Bytes beyond the per-syscall cap (gaps on their connection).
+    pub over_cap_bytes: u64,
+    /// Data events that found no room in the ring buffer.
+    pub ring_full_events: u64,
+    /// Payload bytes of those.
+    pub ring_full_bytes: u64,
+    /// Bytes the kernel could not copy from the process's memory.
+    pub read_failed_bytes: u64,
+    /// Bytes moved by sendfile, splice, io_uring, … (not copied; gaps on their connection).
+    pub other_path_bytes: u64,
+    /// Connections not tracked because the kernel's connection table was full (no
+    /// connection, so no task sees this loss).
+    pub conn_table_full: u64,
+    /// Open, close and gap events lost for want of ring-buffer room (no connection to
+    /// charge them to).
+    pub control_events_lost: u64,
+    /// Records for a connection whose open event was lost (dropped in user space).
+    pub orphan_records: u64,
+    /// Records too short or of an unknown kind (dropped).
+    pub bad_records: u64,
+}
+
+impl From<CaptureStats> for CaptureCounters {
+    fn from(s: CaptureStats) -> Self {
+        Self {
+            kernel_events: s.kernel_events,
+            kernel_bytes: s.kernel_bytes,
+            connections: s.connections,
+            dedup_bytes: s.dedup_bytes.max(s.kernel.dedup_bytes),
+            over_cap_bytes: s.kernel.over_cap_bytes,
+            ring_full_events: s.kernel.ring_full_events,
+            ring_full_bytes: s.kernel.ring_full_bytes,
+            read_failed_bytes: s.kernel.read_failed_bytes,
+            other_path_bytes: s.kernel.other_path_bytes,
+            conn_table_full: s.kernel.conn_table_full,
+            control_events_lost: s.kernel.control_events_lost,
+            orphan_records: s.orphan_records,
+            bad_records: s.bad_records,
+        }
+    }
 }
 
 /// How the engine batches.
@@ -434,7 +501,7 @@ impl<S: Sink> Engine<S> {
         result
     }
 
-    fn command(&mut self, cmd: Command) {
+    fn command(&mut self, cmd: Command, capture: Option<CaptureStats>) {
         let now = now_ms();
         match cmd {
             Command::Start(spec, reply) => {
@@ -465,7 +532,9 @@ impl<S: Sink> Engine<S> {
                 let _ = reply.send(self.pipeline.topology.edges());
             }
             Command::Stats(reply) => {
-                let _ = reply.send(self.stats());
+                let mut s = self.stats();
+                s.capture = capture.map(CaptureCounters::from);
+                let _ = reply.send(s);
             }
             Command::Flush(reply) => {
                 let _ = reply.send(self.flush(true).map_err(|e| e.to_string()));
@@ -490,7 +559,12 @@ impl<S: Sink> Engine<S> {
                 biased;
                 () = &mut shutdown => break EngineEnd::Shutdown,
                 cmd = commands.recv(), if commands_open => match cmd {
-                    Some(c) => self.command(c),
+                    Some(c) => {
+                        let capture = matches!(c, Command::Stats(_))
+                            .then(|| source.capture_stats())
+                            .flatten();
+                        self.command(c, capture);
+                    }
                     None => commands_open = false,
                 },
                 _ = tick.tick() => {
@@ -540,6 +614,10 @@ impl EventSource for crate::capture::Capture {
 
     fn try_next_event(&mut self) -> Option<StreamEvent> {
         crate::capture::Capture::try_next_event(self)
+    }
+
+    fn capture_stats(&self) -> Option<CaptureStats> {
+        Some(crate::capture::Capture::stats(self))
     }
 }
 

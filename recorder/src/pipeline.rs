@@ -504,8 +504,12 @@ impl Pipeline {
             StreamEvent::Gap {
                 dir, len, reason, ..
             } => {
+                // What the connection's gapped exchanges are charged to, the worst so far:
+                // ring buffer (the capture fell behind), then other gaps, then over the
+                // per-syscall cap (a body larger than the capture copies).
                 c.loss = match (c.loss, reason) {
                     (_, GapReason::RingBufferFull) | (Loss::RingBuffer, _) => Loss::RingBuffer,
+                    (Loss::None | Loss::OverCap, GapReason::OverCap) => Loss::OverCap,
                     _ => Loss::Gap,
                 };
                 match &mut c.decoding {

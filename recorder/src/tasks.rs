@@ -15,7 +15,10 @@ pub enum Loss {
     None,
     /// The kernel ring buffer had no room.
     RingBuffer,
-    /// Any other gap (over the per-syscall cap, unreadable buffer, timeout).
+    /// A syscall moved more than the capture's per-syscall cap (a body larger than
+    /// `max_bytes_per_syscall` in one read or write): counted as `dropped_body_over_cap`.
+    OverCap,
+    /// Any other gap (unreadable buffer, bytes that never arrived, sendfile/splice).
     Gap,
 }
 
@@ -304,6 +307,7 @@ impl TaskManager {
             if ex.flags.gap {
                 match loss {
                     Loss::RingBuffer => st.dropped_ring_buffer += 1,
+                    Loss::OverCap => st.dropped_body_over_cap += 1,
                     Loss::Gap | Loss::None => st.dropped_gap += 1,
                 }
                 continue;
@@ -519,12 +523,20 @@ mod tests {
         let mut gap = ex("a", "b", "GET", "/");
         gap.flags.gap = true;
         m.offer(gap.clone(), Loss::RingBuffer, 11, &mut out);
+        m.offer(gap.clone(), Loss::OverCap, 11, &mut out);
         m.offer(gap, Loss::Gap, 11, &mut out);
         let st = m.get(&t.id).unwrap().stats.clone();
-        assert_eq!(st.matched, 4002);
+        assert_eq!(st.matched, 4003);
         assert_eq!(st.recorded + st.dropped_sampling, 4000);
         assert!((800..1200).contains(&st.recorded), "{}", st.recorded);
-        assert_eq!((st.dropped_ring_buffer, st.dropped_gap), (1, 1));
+        assert_eq!(
+            (
+                st.dropped_ring_buffer,
+                st.dropped_body_over_cap,
+                st.dropped_gap
+            ),
+            (1, 1, 1)
+        );
         assert!(m.tick(1999).is_empty());
         let ended = m.tick(2000);
         assert_eq!(ended[0].stop_reason.as_deref(), Some(reason::DURATION));

@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use deetune_protocols::{Direction, Payload, Protocol, Request, Role};
 use deetune_recorder::{
-    ConnInfo, Engine, EngineOptions, GapReason, MemorySink, Pipeline, PipelineConfig, ServiceNamer,
-    ServiceRule, StoreSink, StreamEvent, TaskManager, TopologyAggregator,
+    CaptureStats, Command, ConnInfo, Engine, EngineOptions, EventSource, GapReason, MemorySink,
+    Pipeline, PipelineConfig, ServiceNamer, ServiceRule, StoreSink, StreamEvent, TaskManager,
+    TopologyAggregator,
 };
 use deetune_store::{Store, TaskSpec, TaskState};
 
@@ -442,6 +443,29 @@ fn pair_scope_interface_filter_and_exact_count() {
 
 #[test]
 fn ring_buffer_loss_is_counted_per_task() {
+    let (p, st) = lossy_connection(GapReason::RingBufferFull);
+    assert_eq!(p.stats().gaps_ring_buffer, 1);
+    assert!(st.dropped_ring_buffer >= 1, "{st:?}");
+    assert_eq!(
+        st.matched,
+        st.recorded + st.dropped_ring_buffer + st.dropped_gap,
+        "{st:?}"
+    );
+}
+
+/// Guards `dropped_body_over_cap`: a response larger than the per-syscall capture cap leaves
+/// an over-cap gap; its exchange is dropped and counted as over the cap (it was always 0).
+#[test]
+fn over_cap_loss_is_counted_as_body_over_cap() {
+    let (p, st) = lossy_connection(GapReason::OverCap);
+    assert_eq!(p.stats().gaps_over_cap, 1);
+    assert!(st.dropped_body_over_cap >= 1, "{st:?}");
+    assert_eq!(st.dropped_gap + st.dropped_ring_buffer, 0, "{st:?}");
+    assert_eq!(st.matched, st.recorded + st.dropped_body_over_cap, "{st:?}");
+}
+
+/// One server connection whose first response is lost for `reason`; the task's counters.
+fn lossy_connection(reason: GapReason) -> (Pipeline, deetune_store::TaskStats) {
     let (mut p, ids) = pipeline(&[TaskSpec::default()], &[]);
     let mut ev = vec![StreamEvent::Opened(info(
         1,
@@ -464,7 +488,7 @@ fn ring_buffer_loss_is_counted_per_task() {
         dir: Direction::Response,
         ts_ns: T0 + 1,
         len: resp.len() as u64,
-        reason: GapReason::RingBufferFull,
+        reason,
     });
     ev.push(StreamEvent::Data {
         conn: 1,
@@ -484,13 +508,7 @@ fn ring_buffer_loss_is_counted_per_task() {
     });
     feed(&mut p, ev);
     let st = p.tasks.get(&ids[0]).expect("running").stats.clone();
-    assert_eq!(p.stats().gaps_ring_buffer, 1);
-    assert!(st.dropped_ring_buffer >= 1, "{st:?}");
-    assert_eq!(
-        st.matched,
-        st.recorded + st.dropped_ring_buffer + st.dropped_gap,
-        "{st:?}"
-    );
+    (p, st)
 }
 
 #[tokio::test]
@@ -610,4 +628,81 @@ async fn memory_sink_and_task_records_are_flushed() {
     assert_eq!(tasks[0].id, ids[0]);
     assert_eq!(tasks[0].state, TaskState::Stopped);
     assert_eq!(tasks[0].stats.recorded, 1);
+}
+
+/// A source standing for the capture: no events, and the counters of a capture whose kernel
+/// lost events that belong to no connection.
+struct LossySource(CaptureStats);
+
+impl EventSource for LossySource {
+    async fn next_event(&mut self) -> Option<StreamEvent> {
+        std::future::pending().await
+    }
+
+    fn capture_stats(&self) -> Option<CaptureStats> {
+        Some(self.0)
+    }
+}
+
+/// Guards `GET /v1/status` (served from `Command::Stats`): kernel losses tied to no connection
+/// (full connection table, lost open/close events) reach no task, so they must show there.
+#[tokio::test]
+async fn status_shows_kernel_losses_tied_to_no_connection() {
+    let (p, _) = pipeline(&[], &[]);
+    let mut engine = Engine::new(p, MemorySink::default(), EngineOptions::default());
+    let mut stats = CaptureStats {
+        kernel_events: 10,
+        orphan_records: 2,
+        ..CaptureStats::default()
+    };
+    stats.kernel.conn_table_full = 4;
+    stats.kernel.control_events_lost = 3;
+    stats.kernel.ring_full_events = 5;
+    let (ctx, crx) = tokio::sync::mpsc::channel(4);
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    ctx.send(Command::Stats(reply)).await.expect("send");
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = engine.run(LossySource(stats), crx, async {
+        let _ = done_rx.await;
+    });
+    let ask = async {
+        let s = answer.await.expect("stats");
+        let _ = done_tx.send(());
+        s
+    };
+    let (_, s) = tokio::join!(run, ask);
+    let c = s.capture.expect("capture counters");
+    assert_eq!(
+        (
+            c.kernel_events,
+            c.conn_table_full,
+            c.control_events_lost,
+            c.ring_full_events,
+            c.orphan_records
+        ),
+        (10, 4, 3, 5, 2)
+    );
+    // Through the API's JSON and back, as `deetune` reads it.
+    let back: deetune_recorder::EngineStats =
+        serde_json::from_str(&serde_json::to_string(&s).expect("json")).expect("parse");
+    assert_eq!(back.capture, Some(c));
+
+    // A source that is not a capture reports none.
+    let (p, _) = pipeline(&[], &[]);
+    let mut engine = Engine::new(p, MemorySink::default(), EngineOptions::default());
+    let (_tx, rx) = tokio::sync::mpsc::channel::<StreamEvent>(1);
+    let (ctx, crx) = tokio::sync::mpsc::channel(4);
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    ctx.send(Command::Stats(reply)).await.expect("send");
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = engine.run(rx, crx, async {
+        let _ = done_rx.await;
+    });
+    let ask = async {
+        let s = answer.await.expect("stats");
+        let _ = done_tx.send(());
+        s
+    };
+    let (_, s) = tokio::join!(run, ask);
+    assert!(s.capture.is_none());
 }

@@ -480,6 +480,14 @@ fn daemon_killed_with_sigkill_keeps_tasks_and_flushed_exchanges() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(800));
+    // The status shows the capture's own counters (losses tied to no connection among them).
+    let status = rt.block_on(c.status()).expect("status");
+    let cap = status
+        .stats
+        .capture
+        .expect("capture counters in the status");
+    assert!(cap.kernel_events > 0 && cap.connections > 0, "{cap:?}");
+    assert_eq!((cap.conn_table_full, cap.control_events_lost), (0, 0));
     // SAFETY: kill with a valid pid of our child.
     unsafe { libc::kill(i32::try_from(daemon.id()).expect("pid"), libc::SIGKILL) };
     daemon.wait().expect("wait");
