@@ -389,4 +389,10 @@ fn hand_written_bundle_reexports_identically() {
     store.export_bundle(&t.task_id, &out).unwrap();
     assert!(std::fs::read(&hand).unwrap() == std::fs::read(&out).unwrap());
     assert_eq!(store.origin(&t.task_id).unwrap().unwrap().version, 1);
+    // The kept (non-canonical) lines and the binary ones read back alike, also one by one.
+    let all: Vec<_> = store.exchanges(&t.task_id).map(Result::unwrap).collect();
+    assert_eq!(all.len() as u64, t.exchanges);
+    for (id, x) in &all {
+        assert!(store.exchange(*id).unwrap() == (t.task_id.clone(), x.clone()));
+    }
 }
