@@ -292,12 +292,14 @@ struct {
 
 /*
  * Wake-up batching: waking the reader costs a context switch (and an irq_work IPI in the
- * writer). Events are submitted without a wake-up; the one data event that makes the waiting
- * bytes cross DT_CFG_WAKE_BYTES forces one, and user space also drains the ring on a short
- * timer (recorder/src/capture/load.rs, DRAIN_EVERY). Waking on *every* event above the
- * threshold (the earlier rule) cost an IPI per event until the reader caught up.
+ * writer). Events are submitted without a wake-up; the data event whose record makes the
+ * waiting bytes cross a multiple of DT_CFG_WAKE_BYTES forces one (so a reader that is behind
+ * is woken again every DT_CFG_WAKE_BYTES, never per event), and user space also drains the
+ * ring on a short timer (recorder/src/capture/load.rs, DRAIN_EVERY). Waking on *every* event
+ * above the threshold (the earlier rule) cost an IPI per event until the reader caught up;
+ * waking only at the first crossing let a reader that missed it fall behind to a full ring.
  */
-#define DT_WAKE_BYTES_DEFAULT (1024 * 1024)
+#define DT_WAKE_BYTES_DEFAULT (256 * 1024)
 
 static __always_inline struct dt_stats *get_stats(void)
 {
@@ -519,9 +521,11 @@ static __always_inline struct conn *new_conn(struct dt_config *cfg, __u32 tgid, 
  * Loopback dedup: whether the bytes a loopback client end moves in `dir` are (or will be)
  * copied on its server end, so this end need not copy them. Yes when the server end is a
  * captured connection that has not lost bytes of that stream to another path (sendfile,
- * splice: then this end copies them); also yes when the server end is established but has
- * moved no bytes yet and no pid/cgroup filter could keep its process out (the port filter
- * treats both ends alike). In every other case this end copies: a duplicate, never a loss.
+ * splice: then this end copies them); also yes for bytes this end *sends* while the server
+ * end is established but has moved no bytes yet and no pid/cgroup filter could keep its
+ * process out (the port filter treats both ends alike). In every other case this end copies:
+ * a duplicate, never a loss (limit: a server whose very first bytes on the connection are
+ * read by splice is not seen at all, so what the client sent before is lost, uncounted).
  */
 static __always_inline int peer_copies(struct dt_config *cfg, struct conn *c, __u64 skp, __u8 dir)
 {
@@ -536,7 +540,9 @@ static __always_inline int peer_copies(struct dt_config *cfg, struct conn *c, __
 		c->peer = *p;
 	}
 	struct conn *s = bpf_map_lookup_elem(&conns, &c->peer);
-	if (s && (!c->peer_id || s->id == c->peer_id)) {
+	/* The same connection: a freed sock's address can come back as another socket. */
+	if (s && (c->peer_id ? s->id == c->peer_id
+			     : s->lport == c->rport && s->rport == c->lport)) {
 		c->peer_id = s->id;
 		return s->announced && s->allowed && s->gen == cfg->v[DT_CFG_GEN] &&
 		       !s->other_path[dir ^ 1];
@@ -545,7 +551,10 @@ static __always_inline int peer_copies(struct dt_config *cfg, struct conn *c, __
 		/* The server end closed (its sock is gone): what this end still moves was sent
 		 * before that (copied there) or is never read. Keep the last decision. */
 		return c->mute_from[dir] != DT_NONE;
-	return !cfg->v[DT_CFG_FILTER_PIDS] && !cfg->v[DT_CFG_FILTER_CGROUPS];
+	/* The server end has moved no bytes by a supported syscall yet. What this end receives
+	 * was then sent some other way (or by a filtered-out process): copy it here. What this
+	 * end sends, the server end reads later and copies. */
+	return dir == DT_DIR_SEND && !cfg->v[DT_CFG_FILTER_PIDS] && !cfg->v[DT_CFG_FILTER_CGROUPS];
 }
 
 /* Loopback dedup: `n` bytes at `pos` left to the server end (one run per direction). */
@@ -585,7 +594,7 @@ static __always_inline void unmute(struct conn *c, __u32 tgid, __u8 dir, __u64 p
 	}
 
 /* Submit flags for a record of `rec` ring bytes: a wake-up only for the one that crosses the
- * threshold (see DT_WAKE_BYTES_DEFAULT). */
+ * next multiple of the threshold (see DT_WAKE_BYTES_DEFAULT). */
 static __always_inline __u64 wake_flags(struct dt_emit_ctx *x, __u64 rec)
 {
 	if (x->wake_left == DT_NONE)
@@ -891,7 +900,7 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 	if (!wake)
 		wake = DT_WAKE_BYTES_DEFAULT;
 	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	x->wake_left = avail < wake ? wake - avail : DT_NONE;
+	x->wake_left = wake - avail % wake; /* to the next multiple of the threshold */
 
 	__u64 cap = cfg->v[DT_CFG_CAP_BYTES];
 	if (cap > (__u64)DT_CHUNK_MAX * DT_CHUNKS_MAX)

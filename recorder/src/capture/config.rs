@@ -32,14 +32,18 @@ pub struct CaptureConfig {
     ///
     /// The client end copies (and so produces `Data` as without dedup) whenever the server end
     /// might not have the bytes: the server end is not captured (filtered out by pid, cgroup
-    /// or port, or not on this host), or it is not established yet at the client's first
-    /// write and a pid/cgroup filter is set, or the server end moved bytes of that direction
-    /// by another path (sendfile/splice: an `OtherPath` gap there): from then on the client
-    /// end delivers those bytes itself. Bytes the server reads by such a path after the
+    /// or port, or not on this host); bytes the client end *receives* before its server end
+    /// moved any byte by a supported syscall; bytes it *sends* before that when a pid or
+    /// cgroup filter is set; and, from then on, a direction in which the server end moved
+    /// bytes by another path (sendfile/splice: an `OtherPath` gap there, whose bytes the
+    /// client end then delivers itself). Bytes the server reads by such a path after the
     /// client end skipped them stay an `OtherPath` gap on the server end (counted, not
-    /// silent). So a consumer that keeps, for loopback connections, the server end's
-    /// exchanges and drops the client end's (the rule the recorder already follows) gets
-    /// each exchange once.
+    /// silent); a server whose very first bytes on the connection move by splice is not seen
+    /// at all (as without dedup), so the client's bytes before that are lost uncounted. A
+    /// consumer that keeps, for loopback connections, the server end's exchanges and drops
+    /// the client end's (the rule the recorder already follows) gets each exchange once.
+    /// Only peers `127.0.0.0/8`, `::1` and `::ffff:127.x.y.z` are deduplicated, not a
+    /// connection to the host's own non-loopback address.
     pub loopback_dedup: bool,
 }
 
@@ -73,11 +77,12 @@ impl CaptureConfig {
         self.chunk_bytes.clamp(1, max)
     }
 
-    /// Waiting ring-buffer bytes at which the kernel wakes the reader: an eighth of the ring
-    /// (below that the reader drains on its timer), at least 64 KiB.
+    /// Ring-buffer bytes between two kernel wake-ups of the reader: the kernel wakes it when
+    /// the waiting bytes cross a multiple of this (below that the reader drains on its
+    /// timer): a sixty-fourth of the ring (256 KiB by default), at least 16 KiB.
     #[must_use]
     pub fn wake_bytes(&self) -> u64 {
-        (u64::from(self.effective_ring_bytes()) / 8).max(64 * 1024)
+        (u64::from(self.effective_ring_bytes()) / 64).max(16 * 1024)
     }
 
     /// The ring buffer size handed to the kernel: a power of two of at least 4 KiB.
