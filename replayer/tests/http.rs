@@ -190,3 +190,28 @@ async fn bad_records_and_filters() {
     assert_eq!(report.totals.filtered, 12);
     assert_eq!(report.totals.counts.pass, 2);
 }
+
+// Guards: a HEAD response (Content-Length, no body) is framed as such, so the next exchange
+// on the same connection still gets its own response. The response decoder is shown a bare
+// request line with the recorded method instead of the request sent (`Wire::round_trip_as`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_then_get_on_one_connection() {
+    let v1 = start_service(1).await;
+    let mut head = http_get(7, 0, "/api/items", 200, "");
+    if let deetune_protocols::Request::Http(r) = &mut head.request {
+        r.method = "HEAD".into();
+    }
+    let get = http_get(
+        7,
+        1,
+        "/api/items",
+        200,
+        r#"{"items":[{"id":1,"name":"tea"},{"id":2,"name":"cake"}]}"#,
+    );
+    let mut cfg = ReplayConfig::with_targets(&[format!("shop=http://{v1}")]).unwrap();
+    cfg.timeout = std::time::Duration::from_secs(2);
+    let report = replay_async(ok_source(vec![head, get]), cfg).await.unwrap();
+    assert_eq!(report.totals.counts.pass, 2, "{}", report.summary());
+    let names: Vec<&str> = report.interfaces.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["GET /api/items", "HEAD /api/items"]);
+}

@@ -26,6 +26,14 @@ pub(crate) fn rewrite_target(target: &str, rules: &[(String, String)]) -> String
     target.to_owned()
 }
 
+/// The request line the response decoder is shown in place of the request (see
+/// `Wire::round_trip_as`): the same method, no headers, no body.
+pub(crate) fn write_shown(req: &HttpRequest, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(req.method.as_bytes());
+    out.extend_from_slice(b" / HTTP/1.1\r\n\r\n");
+}
+
 /// Writes the request as bytes for the target into `out` (cleared first; a buffer reused
 /// across the session's requests); `authority` is [`crate::target::Target::authority`]
 /// (computed once per session by the caller).

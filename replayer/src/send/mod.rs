@@ -54,6 +54,8 @@ pub(crate) struct Sender {
     authority: Option<String>,
     /// The request being sent (reused).
     out: Vec<u8>,
+    /// What the response decoder is shown as that request (reused).
+    shown: Vec<u8>,
 }
 
 impl Sender {
@@ -70,6 +72,7 @@ impl Sender {
             reached: false,
             authority: None,
             out: Vec::new(),
+            shown: Vec::new(),
         }
     }
 
@@ -124,7 +127,9 @@ impl Sender {
                     .get_or_insert_with(|| self.target.target.authority());
                 let mut bytes = std::mem::take(&mut self.out);
                 http::write_request(req, authority, &self.opts, &mut bytes);
-                let res = match w.round_trip(&bytes).await {
+                let mut shown = std::mem::take(&mut self.shown);
+                http::write_shown(req, &mut shown);
+                let res = match w.round_trip_as(&bytes, &shown).await {
                     Err(e) if w.eof && self.reached => {
                         // The server closed a kept-alive connection: one fresh connection.
                         tracing::debug!(error = %e, "The target closed the connection; reconnecting.");
@@ -132,7 +137,7 @@ impl Sender {
                             Err(e) => Err(e),
                             Ok(()) => match &mut self.state {
                                 State::Http(w) => w
-                                    .round_trip(&bytes)
+                                    .round_trip_as(&bytes, &shown)
                                     .await
                                     .map(|x| Reply::Response(x.response)),
                                 _ => Err(SendError::internal("lost the HTTP connection")),
@@ -142,6 +147,7 @@ impl Sender {
                     other => other.map(|x| Reply::Response(x.response)),
                 };
                 self.out = bytes;
+                self.shown = shown;
                 res
             }
             (State::Redis(w), Request::Redis(cmd)) => redis::send(w, cmd).await,

@@ -106,7 +106,13 @@ impl Wire {
 
     /// Writes request bytes and shows them to the decoder.
     pub(crate) async fn send(&mut self, bytes: &[u8]) -> Result<(), SendError> {
-        self.decoder.push(Direction::Request, now_ns(), bytes);
+        self.send_as(bytes, bytes).await
+    }
+
+    /// Writes `bytes` and shows the decoder `shown` in their place: a request that frames
+    /// the response the same way (see [`Self::round_trip_as`]).
+    async fn send_as(&mut self, bytes: &[u8], shown: &[u8]) -> Result<(), SendError> {
+        self.decoder.push(Direction::Request, now_ns(), shown);
         let mut rest = bytes;
         if self.plain {
             // Almost always the whole request fits in the socket buffer: one `send`, no
@@ -188,6 +194,20 @@ impl Wire {
             }
             self.drain();
         }
+    }
+
+    /// Sends `bytes` and waits for the exchange, with the decoder shown `shown` as the
+    /// request: HTTP replays only use the decoded response, and the HTTP decoder frames a
+    /// response by its request's method alone (`HEAD`, `CONNECT`; and an `Upgrade` header,
+    /// which the replayer never sends), so a bare request line with the same method decodes
+    /// the response identically without parsing our own headers and body again.
+    pub(crate) async fn round_trip_as(
+        &mut self,
+        bytes: &[u8],
+        shown: &[u8],
+    ) -> Result<Exchange, SendError> {
+        self.send_as(bytes, shown).await?;
+        self.next_exchange().await
     }
 
     /// Sends a request and waits for its exchange.
