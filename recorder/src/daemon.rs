@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::api::{serve, ApiState};
-use crate::engine::{now_ms, Command, Engine, EngineOptions, EventSource, StoreSink};
+use crate::engine::{
+    now_ms, BackgroundFlushSink, Command, Engine, EngineOptions, EventSource, SinkError, StoreSink,
+};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::services::{ServiceNamer, ServiceRule, ServiceRuleError};
 use crate::tasks::TaskManager;
@@ -47,6 +49,11 @@ pub struct RecorderConfig {
     /// [`crate::CaptureConfig::loopback_dedup`]). `false` copies both ends, as before.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loopback_dedup: Option<bool>,
+    /// Capture only connections with a local or remote port in this list (empty, the
+    /// default: every TCP connection of the host, for the topology). Keeps other traffic out
+    /// of the kernel's ring buffer when only some services matter.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub capture_ports: Vec<u16>,
     /// Service naming rules, first match wins.
     #[serde(rename = "service", skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceRule>,
@@ -81,6 +88,9 @@ pub enum DaemonError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] deetune_store::StoreError),
+    /// The store's flusher thread cannot start.
+    #[error(transparent)]
+    Flusher(SinkError),
 }
 
 impl RecorderConfig {
@@ -109,6 +119,7 @@ impl RecorderConfig {
     pub fn capture_config(&self) -> crate::CaptureConfig {
         crate::CaptureConfig {
             loopback_dedup: self.loopback_dedup.unwrap_or(true),
+            ports: self.capture_ports.clone(),
             ..crate::CaptureConfig::default()
         }
     }
@@ -192,7 +203,10 @@ pub async fn run_daemon<E: EventSource>(
         TaskManager::new(),
         topology,
     );
-    let mut engine = Engine::new(pipeline, StoreSink(store.clone()), EngineOptions::default());
+    // The periodic fsync on its own thread: a slow disk must not stall the ring buffer's
+    // consumer (the daemon's runtime has one thread).
+    let sink = BackgroundFlushSink::new(StoreSink(store.clone())).map_err(DaemonError::Flusher)?;
+    let mut engine = Engine::new(pipeline, sink, EngineOptions::default());
     let (tx, rx) = mpsc::channel::<Command>(64);
     let api = tokio::spawn(serve(
         listener,
@@ -205,17 +219,19 @@ pub async fn run_daemon<E: EventSource>(
     tracing::info!(socket = %socket.display(), data_dir = %store.dir().display(), capture, "The daemon is ready.");
     let end = engine.run(source, rx, shutdown).await;
     api.abort();
+    let running: Vec<_> = engine.pipeline.tasks.running().cloned().collect();
+    let edges = engine.pipeline.topology.edges();
+    drop(engine);
     tracing::info!(?end, "The daemon is stopping.");
     // Running tasks survive as interrupted.
     let now = now_ms();
-    let running: Vec<_> = engine.pipeline.tasks.running().cloned().collect();
     for mut t in running {
         t.state = TaskState::Interrupted;
         t.stop_reason = Some("daemon stopped".to_owned());
         t.stopped_ms = Some(now);
         store.put_task(&t)?;
     }
-    store.put_edges(&engine.pipeline.topology.edges())?;
+    store.put_edges(&edges)?;
     store.flush()?;
     let _ = std::fs::remove_file(socket);
     Ok(())
@@ -233,8 +249,14 @@ mod tests {
         assert_eq!(cfg.services.len(), 2);
         assert_eq!(cfg.store_options().cache_bytes, 16 << 20);
         assert!(cfg.capture_config().loopback_dedup, "on by default");
-        let off: RecorderConfig = toml::from_str("loopback_dedup = false\n").expect("parses");
+        assert!(
+            cfg.capture_config().ports.is_empty(),
+            "the whole host by default"
+        );
+        let off: RecorderConfig =
+            toml::from_str("loopback_dedup = false\ncapture_ports = [80, 6379]\n").expect("parses");
         assert!(!off.capture_config().loopback_dedup);
+        assert_eq!(off.capture_config().ports, [80, 6379]);
     }
 
     #[test]

@@ -64,6 +64,15 @@ pub trait Sink: Send {
     /// # Errors
     /// The flush failed.
     fn flush(&mut self) -> Result<(), SinkError>;
+
+    /// Make everything durable soon, without waiting when the sink can (the engine's
+    /// periodic flush; [`BackgroundFlushSink`] hands it to another thread).
+    ///
+    /// # Errors
+    /// This flush or an earlier one failed.
+    fn flush_soon(&mut self) -> Result<(), SinkError> {
+        self.flush()
+    }
 }
 
 /// The embedded store as a sink (the daemon's).
@@ -121,6 +130,98 @@ impl Sink for StoreSink {
             .flush()
             .map(|_| ())
             .map_err(|e| SinkError::new("flush the store")(Box::new(e)))
+    }
+}
+
+/// The store as the daemon's sink: writes on the caller's thread (no exchange crosses
+/// threads), the periodic `fsync` ([`Sink::flush_soon`]) on a thread of its own, so a slow
+/// disk does not stall the thread that drains the ring buffer. [`Sink::flush`] still waits.
+pub struct BackgroundFlushSink {
+    inner: StoreSink,
+    tx: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for BackgroundFlushSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackgroundFlushSink")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BackgroundFlushSink {
+    /// Starts the flusher thread.
+    ///
+    /// # Errors
+    /// The thread cannot be started.
+    pub fn new(inner: StoreSink) -> Result<Self, SinkError> {
+        // One pending request at most: requests while a flush runs fold into the next one.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let failed: Arc<Mutex<Option<String>>> = Arc::default();
+        let (store, report) = (inner.0.clone(), failed.clone());
+        let thread = std::thread::Builder::new()
+            .name("deetune-flush".into())
+            .spawn(move || {
+                for () in rx {
+                    if let Err(e) = store.flush() {
+                        *report
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            Some(e.to_string());
+                    }
+                }
+            })
+            .map_err(|e| SinkError::new("start the store flusher thread")(Box::new(e)))?;
+        Ok(Self {
+            inner,
+            tx: Some(tx),
+            thread: Some(thread),
+            failed,
+        })
+    }
+}
+
+impl Sink for BackgroundFlushSink {
+    fn write(&mut self, batch: Vec<(TaskId, Exchange)>) -> Result<(), SinkError> {
+        self.inner.write(batch)
+    }
+
+    fn put_task(&mut self, task: &TaskRecord) -> Result<(), SinkError> {
+        self.inner.put_task(task)
+    }
+
+    fn put_edges(&mut self, edges: &[TopologyEdge]) -> Result<(), SinkError> {
+        self.inner.put_edges(edges)
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.inner.flush()
+    }
+
+    fn flush_soon(&mut self) -> Result<(), SinkError> {
+        if let Some(tx) = &self.tx {
+            // Full: a flush is pending already and covers what was written so far.
+            let _ = tx.try_send(());
+        }
+        let failed = self
+            .failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        failed.map_or(Ok(()), |msg| {
+            Err(SinkError::new("flush the store")(msg.into()))
+        })
+    }
+}
+
+impl Drop for BackgroundFlushSink {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -453,6 +554,11 @@ impl<S: Sink> Engine<S> {
     /// # Errors
     /// The sink failed (the exchanges are lost, and counted).
     pub fn flush(&mut self, durable: bool) -> Result<(), SinkError> {
+        self.flush_with(durable, true)
+    }
+
+    /// [`Self::flush`]; `wait: false` lets the sink make it durable later.
+    fn flush_with(&mut self, durable: bool, wait: bool) -> Result<(), SinkError> {
         let out = self.pipeline.take_output();
         let mut result = Ok(());
         if !out.is_empty() {
@@ -491,7 +597,13 @@ impl<S: Sink> Engine<S> {
             if let Err(e) = self
                 .sink
                 .put_edges(&self.pipeline.topology.edges())
-                .and_then(|()| self.sink.flush())
+                .and_then(|()| {
+                    if wait {
+                        self.sink.flush()
+                    } else {
+                        self.sink.flush_soon()
+                    }
+                })
             {
                 self.stats.sink_errors += 1;
                 tracing::error!(error = %e, "The store could not be flushed.");
@@ -569,7 +681,7 @@ impl<S: Sink> Engine<S> {
                 },
                 _ = tick.tick() => {
                     self.pipeline.tick(now_ms());
-                    let _ = self.flush(true);
+                    let _ = self.flush_with(true, false);
                     if self.options.exit_when_idle && self.pipeline.tasks.is_empty() {
                         break EngineEnd::Idle;
                     }

@@ -22,9 +22,9 @@ pub use capture::{Capture, CaptureConfig, CaptureError, CaptureStats, KernelLoss
 pub use client::{Client, ClientError};
 pub use daemon::{interrupt_running, run_daemon, DaemonError, RecorderConfig, DEFAULT_SOCKET};
 pub use engine::{
-    new_task, now_ms, record, BundleSink, CaptureCounters, Command, Engine, EngineEnd,
-    EngineOptions, EngineStats, EventSource, MemorySink, NoEvents, RecordError, Sink, SinkError,
-    StoreSink,
+    new_task, now_ms, record, BackgroundFlushSink, BundleSink, CaptureCounters, Command, Engine,
+    EngineEnd, EngineOptions, EngineStats, EventSource, MemorySink, NoEvents, RecordError, Sink,
+    SinkError, StoreSink,
 };
 pub use events::{ConnInfo, GapReason, StreamEvent};
 pub use pipeline::{Pipeline, PipelineConfig, PipelineStats};

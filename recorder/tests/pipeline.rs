@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use deetune_protocols::{Direction, Payload, Protocol, Request, Role};
 use deetune_recorder::{
-    CaptureStats, Command, ConnInfo, Engine, EngineOptions, EventSource, GapReason, MemorySink,
-    Pipeline, PipelineConfig, ServiceNamer, ServiceRule, StoreSink, StreamEvent, TaskManager,
-    TopologyAggregator,
+    BackgroundFlushSink, CaptureStats, Command, ConnInfo, Engine, EngineOptions, EventSource,
+    GapReason, MemorySink, Pipeline, PipelineConfig, ServiceNamer, ServiceRule, StoreSink,
+    StreamEvent, TaskManager, TopologyAggregator,
 };
 use deetune_store::{Store, TaskSpec, TaskState};
 
@@ -705,4 +705,50 @@ async fn status_shows_kernel_losses_tied_to_no_connection() {
     };
     let (_, s) = tokio::join!(run, ask);
     assert!(s.capture.is_none());
+}
+
+/// Guards the daemon's sink: its periodic flush runs on the flusher thread, and what the engine
+/// recorded is in the store, readable after the store is closed and opened again.
+#[tokio::test]
+async fn background_flush_sink_keeps_everything_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p, ids) = pipeline(&[TaskSpec::default()], &[]);
+    let store = Arc::new(Store::open(dir.path()).expect("store"));
+    let sink = BackgroundFlushSink::new(StoreSink(store.clone())).expect("sink");
+    let mut engine = Engine::new(
+        p,
+        sink,
+        EngineOptions {
+            flush_every: std::time::Duration::from_millis(10),
+            ..EngineOptions::default()
+        },
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    for e in loopback(
+        1,
+        "a",
+        "b",
+        80,
+        40003,
+        &[
+            http_get("/1", ""),
+            http_ok("x", ""),
+            http_get("/2", ""),
+            http_ok("y", ""),
+        ],
+    ) {
+        tx.send(e).await.expect("send");
+    }
+    let (_ctx, crx) = tokio::sync::mpsc::channel(1);
+    let stop = async {
+        // Several periodic (background) flushes go by before the end.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    engine.run(rx, crx, stop).await;
+    drop(tx);
+    drop(engine);
+    drop(store);
+    let store = Store::open(dir.path()).expect("reopen");
+    let n = store.exchanges(&ids[0]).count();
+    assert_eq!(n, 2);
 }
