@@ -40,6 +40,10 @@ pub(crate) struct Args {
     /// Print only the final counts, no events (for benchmarks and host checks).
     #[arg(long)]
     summary: bool,
+    /// Copy a loopback connection once, from its server end, when both ends are captured
+    /// (the client end then shows open and close only).
+    #[arg(long)]
+    loopback_dedup: bool,
     /// Payload bytes shown per data event in text mode.
     #[arg(long, value_name = "BYTES", default_value_t = 64)]
     preview: usize,
@@ -58,6 +62,7 @@ async fn sniff(args: Args) -> anyhow::Result<ExitCode> {
         max_bytes_per_syscall: args.max_bytes,
         pids: args.pids.clone(),
         ports: args.ports.clone(),
+        loopback_dedup: args.loopback_dedup,
         ..CaptureConfig::default()
     };
     let mut capture = Capture::start(config).context("cannot start the eBPF capture")?;
@@ -232,6 +237,7 @@ fn print_stats(out: &mut impl std::io::Write, json: bool, s: &CaptureStats) -> s
             "request_bytes": s.request_bytes, "response_bytes": s.response_bytes, "gaps": s.gaps,
             "gap_bytes": s.gap_bytes, "lost_bytes": lost, "connections": s.connections,
             "kernel": s.kernel, "kernel_events": s.kernel_events, "kernel_bytes": s.kernel_bytes,
+            "dedup_bytes": s.dedup_bytes,
         });
         writeln!(out, "{v}")
     } else {
@@ -239,7 +245,7 @@ fn print_stats(out: &mut impl std::io::Write, json: bool, s: &CaptureStats) -> s
             out,
             "{} events, {} connections, {} bytes, {} gaps ({} bytes), {} bytes lost \
              (over cap {}, ring buffer full {}, unreadable {}, sendfile/splice/io_uring {}), \
-             {} control events lost",
+             {} control events lost, {} bytes left to the server end (loopback dedup)",
             s.events,
             s.connections,
             s.bytes,
@@ -251,6 +257,7 @@ fn print_stats(out: &mut impl std::io::Write, json: bool, s: &CaptureStats) -> s
             s.kernel.read_failed_bytes,
             s.kernel.other_path_bytes,
             s.kernel.control_events_lost,
+            s.dedup_bytes,
         )
     }
 }
