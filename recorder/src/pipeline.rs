@@ -171,7 +171,8 @@ pub struct Pipeline {
     config: PipelineConfig,
     namer: ServiceNamer,
     procs: ProcCache,
-    conns: IdMap<Conn>,
+    /// Boxed: a connection is taken out of the table and put back per event (a pointer move).
+    conns: IdMap<Box<Conn>>,
     by_tuple: HashMap<Tuple, u64>,
     /// Running tasks.
     pub tasks: TaskManager,
@@ -232,7 +233,10 @@ impl Pipeline {
 
     /// The exchanges to store since the last call, with their task.
     pub fn take_output(&mut self) -> Vec<(TaskId, Exchange)> {
-        std::mem::take(&mut self.out)
+        // The next batch starts with room for as many: no reallocation (and move of every
+        // exchange so far) while it fills.
+        let room = self.out.capacity();
+        std::mem::replace(&mut self.out, Vec::with_capacity(room))
     }
 
     /// Whether output is waiting.
@@ -360,7 +364,7 @@ impl Pipeline {
         self.by_tuple.insert((info.local, info.remote), info.id);
         self.conns.insert(
             info.id,
-            Conn {
+            Box::new(Conn {
                 info,
                 side,
                 held: Vec::new(),
@@ -379,7 +383,7 @@ impl Pipeline {
                 loss: Loss::None,
                 seq: 0,
                 carried: false,
-            },
+            }),
         );
     }
 
