@@ -580,7 +580,8 @@ fn hyper_service_exchanges_and_topology_counts() {
     let spec = TaskSpec {
         from: Some("curl".into()),
         to: Some("checkout".into()),
-        duration_secs: Some(3),
+        // Long enough for four curl runs on a loaded CI machine (3 s failed once under load).
+        duration_secs: Some(8),
         ..TaskSpec::default()
     };
     let (task, sink, _) = record_with(spec, &[], port, Duration::from_secs(20), move || {
