@@ -219,7 +219,7 @@ pub async fn run_daemon<E: EventSource>(
     tracing::info!(socket = %socket.display(), data_dir = %store.dir().display(), capture, "The daemon is ready.");
     let end = engine.run(source, rx, shutdown).await;
     api.abort();
-    let running: Vec<_> = engine.pipeline.tasks.running().cloned().collect();
+    let running = engine.pipeline.tasks.running_at(now_ms());
     let edges = engine.pipeline.topology.edges();
     drop(engine);
     tracing::info!(?end, "The daemon is stopping.");

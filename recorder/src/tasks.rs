@@ -37,6 +37,10 @@ struct Active {
     record: TaskRecord,
     policy: Policy,
     deadline_ms: Option<u64>,
+    /// When this run began, and the running time of earlier runs (`stats.running_ms` at the
+    /// resume): the record's `running_ms` is their sum plus the time since.
+    run_from_ms: u64,
+    ran_before_ms: u64,
     rng: u64,
     /// The record changed since the last [`TaskManager::take_changed`] (a flag, not a list
     /// entry per exchange).
@@ -44,6 +48,11 @@ struct Active {
 }
 
 impl Active {
+    fn running_ms(&self, now_ms: u64) -> u64 {
+        self.ran_before_ms
+            .saturating_add(now_ms.saturating_sub(self.run_from_ms))
+    }
+
     fn sample(&mut self) -> bool {
         let Some(rate) = self.policy.sample else {
             return true;
@@ -118,7 +127,7 @@ impl TaskManager {
     }
 
     /// Runs an existing record again (after a restart), keeping its counters; its duration
-    /// and count are what was left.
+    /// and count are what was left (the duration less `stats.running_ms`).
     ///
     /// # Errors
     /// The stored policy no longer compiles.
@@ -128,11 +137,12 @@ impl TaskManager {
         now_ms: u64,
     ) -> Result<TaskRecord, PolicyError> {
         let policy = Policy::compile(&record.spec)?;
-        let deadline_ms = policy.duration_ms.map(|d| {
-            // A resumed task gets its full duration again from now: the time it was down
-            // recorded nothing.
-            now_ms.saturating_add(d)
-        });
+        // The time it was down recorded nothing and does not count: what is left of the
+        // duration runs from now.
+        let ran_before_ms = record.stats.running_ms;
+        let deadline_ms = policy
+            .duration_ms
+            .map(|d| now_ms.saturating_add(d.saturating_sub(ran_before_ms)));
         let mut h = std::collections::hash_map::DefaultHasher::new();
         record.id.hash(&mut h);
         record.state = TaskState::Running;
@@ -144,6 +154,8 @@ impl TaskManager {
             record,
             policy,
             deadline_ms,
+            run_from_ms: now_ms,
+            ran_before_ms,
             rng: h.finish() | 1,
             dirty: false,
         });
@@ -166,6 +178,7 @@ impl TaskManager {
 
     fn finish(&mut self, i: usize, reason: &str, now_ms: u64) -> TaskRecord {
         let mut a = self.active.remove(i);
+        a.record.stats.running_ms = a.running_ms(now_ms);
         self.generation += 1;
         a.record.state = TaskState::Stopped;
         a.record.stop_reason = Some(reason.to_owned());
@@ -175,7 +188,8 @@ impl TaskManager {
         a.record
     }
 
-    /// Stops tasks whose duration is over; returns them.
+    /// Stops tasks whose duration is over; returns them. The others' running time is brought
+    /// up to date, their record marked changed once a second so it is saved.
     pub fn tick(&mut self, now_ms: u64) -> Vec<TaskRecord> {
         let mut out = Vec::new();
         let mut i = 0;
@@ -183,10 +197,30 @@ impl TaskManager {
             if self.active[i].deadline_ms.is_some_and(|d| now_ms >= d) {
                 out.push(self.finish(i, reason::DURATION, now_ms));
             } else {
+                let a = &mut self.active[i];
+                let ran = a.running_ms(now_ms);
+                if ran / 1000 != a.record.stats.running_ms / 1000 {
+                    a.dirty = true;
+                }
+                a.record.stats.running_ms = ran;
                 i += 1;
             }
         }
         out
+    }
+
+    /// The running tasks' records as of `now_ms` (running time included), e.g. to save them as
+    /// interrupted when the daemon stops.
+    #[must_use]
+    pub fn running_at(&self, now_ms: u64) -> Vec<TaskRecord> {
+        self.active
+            .iter()
+            .map(|a| {
+                let mut r = a.record.clone();
+                r.stats.running_ms = a.running_ms(now_ms);
+                r
+            })
+            .collect()
     }
 
     /// Running tasks.
@@ -544,5 +578,37 @@ mod tests {
             m.stop(&t.id, reason::USER, 3000),
             Err(NotRunning(_))
         ));
+    }
+
+    #[test]
+    fn a_resumed_task_runs_for_what_is_left_of_its_duration() {
+        let spec = TaskSpec {
+            duration_secs: Some(10),
+            ..TaskSpec::default()
+        };
+        let mut m = TaskManager::new();
+        let t = m.start(spec.clone(), 1_000).unwrap();
+        m.take_changed();
+        // Saved once a second while it runs (what a SIGKILLed daemon leaves behind).
+        assert!(m.tick(1_500).is_empty());
+        assert!(m.take_changed().is_empty());
+        assert!(m.tick(2_100).is_empty());
+        assert_eq!(m.take_changed(), [t.id.clone()]);
+        assert_eq!(m.get(&t.id).unwrap().stats.running_ms, 1_100);
+        // Interrupted after 4 s of running, resumed a minute later: 6 s are left.
+        let mut rec = m.running_at(5_000).remove(0);
+        assert_eq!(rec.stats.running_ms, 4_000);
+        rec.state = TaskState::Interrupted;
+        let mut m = TaskManager::new();
+        m.resume(rec, 65_000).unwrap();
+        assert!(m.tick(70_999).is_empty());
+        let ended = m.tick(71_000);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].stop_reason.as_deref(), Some(reason::DURATION));
+        assert_eq!(ended[0].stats.running_ms, 10_000);
+        // Stopped by hand, its running time is kept too.
+        let t2 = m.start(spec, 100_000).unwrap();
+        let r2 = m.stop(&t2.id, reason::USER, 102_500).unwrap();
+        assert_eq!(r2.stats.running_ms, 2_500);
     }
 }

@@ -79,6 +79,19 @@ pub struct TaskStats {
     pub dropped_sampling: u64,
     /// Saved with a body cut at the cap.
     pub truncated: u64,
+    /// Milliseconds the task has spent running, over all its runs: a resumed task runs for
+    /// what is left of its duration. Kept current about once a second while it runs, so a
+    /// daemon killed without warning overstates what is left by at most that much.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub running_ms: u64,
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if signature"
+)]
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// A task as stored.
