@@ -6,80 +6,14 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use deetune_protocols::{
-    Body, ConnectionMeta, Endpoint, Exchange, Flags, Header, HttpRequest, HttpResponse, Payload,
-    Protocol, Request, Response, Timing,
-};
-use deetune_store::{Store, TaskRecord, TaskSpec, TaskState, TaskStats};
+use deetune_protocols::Exchange;
+use deetune_store::Store;
+
+mod common;
+use common::{small_http, task};
 
 const BATCH: usize = 1000;
 const TASK_SIZE: u64 = 100_000;
-
-fn small_http(n: u64) -> Exchange {
-    let t0 = 1_700_000_000_000_000_000 + n * 1000;
-    Exchange {
-        conn: ConnectionMeta {
-            id: n / 8,
-            client: Endpoint {
-                port: 40000,
-                service: Some("web".to_owned()),
-                ..Endpoint::default()
-            },
-            server: Endpoint {
-                port: 8080,
-                service: Some("checkout".to_owned()),
-                ..Endpoint::default()
-            },
-        },
-        seq: n % 8,
-        protocol: Protocol::Http,
-        request: Request::Http(HttpRequest {
-            method: "GET".to_owned(),
-            target: format!("/api/items/{n}"),
-            version: "HTTP/1.1".to_owned(),
-            headers: vec![Header {
-                name: "Host".to_owned(),
-                value: "checkout".into(),
-            }],
-            body: Body::default(),
-        }),
-        response: Some(Response::Http(HttpResponse {
-            version: "HTTP/1.1".to_owned(),
-            status: 200,
-            reason: "OK".to_owned(),
-            headers: vec![Header {
-                name: "Content-Type".to_owned(),
-                value: "application/json".into(),
-            }],
-            body: Body {
-                raw: Payload::from(format!("{{\"id\":{n},\"price\":12}}").as_str()),
-                decoded: None,
-                len: 22,
-                truncated: false,
-            },
-        })),
-        timing: Timing {
-            request_start_ns: t0,
-            request_end_ns: t0 + 10,
-            response_start_ns: t0 + 100,
-            response_end_ns: t0 + 120,
-        },
-        flags: Flags::default(),
-        session: None,
-    }
-}
-
-fn task(id: &str) -> TaskRecord {
-    TaskRecord {
-        id: id.to_owned(),
-        spec: TaskSpec::default(),
-        state: TaskState::Stopped,
-        stop_reason: None,
-        started_ms: 1,
-        stopped_ms: Some(2),
-        stats: TaskStats::default(),
-    }
-}
 
 fn filled(dir: &std::path::Path, id: &str) -> Store {
     let store = Store::open(dir).unwrap();
