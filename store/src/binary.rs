@@ -630,6 +630,21 @@ impl<'a> Reader<'a> {
 
     /// A length, checked against the bytes left (each item takes at least `min_item` bytes),
     /// so a corrupt length cannot make a huge allocation.
+    /// A counted list of items of at least `min_item` bytes each, read by `item`.
+    fn list<T>(
+        &mut self,
+        min_item: usize,
+        what: &'static str,
+        mut item: impl FnMut(&mut Self) -> R<T>,
+    ) -> R<Vec<T>> {
+        let n = self.len(min_item, what)?;
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            items.push(item(self)?);
+        }
+        Ok(items)
+    }
+
     fn len(&mut self, min_item: usize, what: &'static str) -> R<usize> {
         let n: usize = self.small(what)?;
         if n.saturating_mul(min_item) > self.buf.len() - self.pos {
@@ -746,15 +761,12 @@ impl<'a> Reader<'a> {
     }
 
     fn headers(&mut self) -> R<Vec<Header>> {
-        let n = self.len(2, "header count")?;
-        let mut hs = Vec::with_capacity(n);
-        for _ in 0..n {
-            hs.push(Header {
-                name: self.string("header name")?,
-                value: self.payload("header value")?,
-            });
-        }
-        Ok(hs)
+        self.list(2, "header count", |d| {
+            Ok(Header {
+                name: d.string("header name")?,
+                value: d.payload("header value")?,
+            })
+        })
     }
 
     fn body(&mut self) -> R<Body> {
@@ -779,17 +791,10 @@ impl<'a> Reader<'a> {
                 headers: self.headers()?,
                 body: self.body()?,
             }),
-            1 => {
-                let n = self.len(1, "argument count")?;
-                let mut args = Vec::with_capacity(n);
-                for _ in 0..n {
-                    args.push(self.payload("argument")?);
-                }
-                Request::Redis(RedisCommand {
-                    args,
-                    inline: self.flag("inline")?,
-                })
-            }
+            1 => Request::Redis(RedisCommand {
+                args: self.list(1, "argument count", |d| d.payload("argument"))?,
+                inline: self.flag("inline")?,
+            }),
             2 => Request::Mysql(self.mysql_command()?),
             3 => Request::Raw {
                 data: self.payload("raw request")?,
@@ -817,12 +822,7 @@ impl<'a> Reader<'a> {
     }
 
     fn resp_list(&mut self) -> R<Vec<RespValue>> {
-        let n = self.len(1, "Redis array length")?;
-        let mut items = Vec::with_capacity(n);
-        for _ in 0..n {
-            items.push(self.resp()?);
-        }
-        Ok(items)
+        self.list(1, "Redis array length", Self::resp)
     }
 
     fn resp(&mut self) -> R<RespValue> {
@@ -844,16 +844,7 @@ impl<'a> Reader<'a> {
             4 => RespValue::Null,
             5 => RespValue::Array(self.resp_list()?),
             6 => RespValue::Set(self.resp_list()?),
-            7 => {
-                let n = self.len(2, "Redis map length")?;
-                let mut pairs = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let k = self.resp()?;
-                    let v = self.resp()?;
-                    pairs.push((k, v));
-                }
-                RespValue::Map(pairs)
-            }
+            7 => RespValue::Map(self.list(2, "Redis map length", |d| Ok((d.resp()?, d.resp()?)))?),
             8 => RespValue::Push(self.resp_list()?),
             9 => RespValue::Boolean(self.flag("Redis boolean")?),
             10 => RespValue::Double(f64::from_bits(self.fixed("Redis double")?)),
@@ -879,12 +870,7 @@ impl<'a> Reader<'a> {
     }
 
     fn mysql_values(&mut self) -> R<Vec<MysqlValue>> {
-        let n = self.len(1, "MySQL value count")?;
-        let mut vs = Vec::with_capacity(n);
-        for _ in 0..n {
-            vs.push(self.mysql_value()?);
-        }
-        Ok(vs)
+        self.list(1, "MySQL value count", Self::mysql_value)
     }
 
     fn mysql_command(&mut self) -> R<MysqlCommand> {
@@ -932,28 +918,20 @@ impl<'a> Reader<'a> {
                 sql_state: self.string("SQL state")?,
                 message: self.string("error message")?,
             },
-            2 => {
-                let n = self.len(2, "result set count")?;
-                let mut sets = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let nc = self.len(3, "column count")?;
-                    let mut columns = Vec::with_capacity(nc);
-                    for _ in 0..nc {
-                        columns.push(MysqlColumn {
-                            name: self.string("column name")?,
-                            table: self.string("column table")?,
-                            column_type: self.byte("column type")?,
-                        });
-                    }
-                    let nr = self.len(1, "row count")?;
-                    let mut rows = Vec::with_capacity(nr);
-                    for _ in 0..nr {
-                        rows.push(self.mysql_values()?);
-                    }
-                    sets.push(MysqlResultSet { columns, rows });
-                }
-                MysqlResponse::ResultSets { sets }
-            }
+            2 => MysqlResponse::ResultSets {
+                sets: self.list(2, "result set count", |d| {
+                    Ok(MysqlResultSet {
+                        columns: d.list(3, "column count", |d| {
+                            Ok(MysqlColumn {
+                                name: d.string("column name")?,
+                                table: d.string("column table")?,
+                                column_type: d.byte("column type")?,
+                            })
+                        })?,
+                        rows: d.list(1, "row count", Self::mysql_values)?,
+                    })
+                })?,
+            },
             3 => MysqlResponse::Prepared {
                 statement_id: self.small("statement id")?,
                 params: self.small("parameter count")?,
