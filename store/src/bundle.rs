@@ -465,7 +465,7 @@ impl BundleReader {
             if avail.is_empty() {
                 return Ok(!self.buf.is_empty());
             }
-            let (take, found) = match avail.iter().position(|&b| b == b'\n') {
+            let (take, found) = match memchr::memchr(b'\n', avail) {
                 Some(i) => (i, true),
                 None => (avail.len(), false),
             };
@@ -491,6 +491,8 @@ impl BundleReader {
     /// [`BundleError::BadRecord`] at [`line`](Self::line)), or `None` after a valid end
     /// record. A line is the end record exactly when it parses as one (an end record never
     /// parses as an exchange, so this agrees with parsing every line as an exchange first).
+    /// Only a line whose first key can be `end` is tried (see [`may_be_end_record`]): an
+    /// exchange line (first key `conn`) is never parsed twice.
     pub(crate) fn next_exchange_line(&mut self) -> Result<Option<&[u8]>, BundleError> {
         if self.done {
             return Ok(None);
@@ -501,7 +503,7 @@ impl BundleReader {
                 line: self.line_no,
             });
         }
-        if self.buf.len() <= END_RECORD_MAX {
+        if self.buf.len() <= END_RECORD_MAX && may_be_end_record(&self.buf) {
             if let Ok(end) = serde_json::from_slice::<EndRecord>(&self.buf) {
                 let end_line = self.line_no;
                 if end.end.exchanges != self.count {
@@ -539,6 +541,24 @@ impl BundleReader {
     }
 }
 
+/// JSON whitespace.
+fn is_json_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// Whether `line` can parse as the end record: it must be an object whose first key is
+/// `end`, so after optional whitespace it starts `{`, whitespace, `"` and then `e` or `\`
+/// (the key may be written with escapes). A cheap necessary condition, checked before the
+/// parse (which builds an error for every line that is not the end record).
+fn may_be_end_record(line: &[u8]) -> bool {
+    let mut rest = line.iter().copied().skip_while(|&b| is_json_ws(b));
+    if rest.next() != Some(b'{') {
+        return false;
+    }
+    let mut rest = rest.skip_while(|&b| is_json_ws(b));
+    rest.next() == Some(b'"') && matches!(rest.next(), Some(b'e' | b'\\'))
+}
+
 impl Iterator for BundleReader {
     type Item = Result<Exchange, BundleError>;
 
@@ -550,5 +570,65 @@ impl Iterator for BundleReader {
                 Some(Err(e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_record_prefix_check() {
+        for yes in [
+            &br#"{"end":{"exchanges":0}}"#[..],
+            br#" { "end" : {"exchanges":0}}"#,
+            b"\t{\r\"\\u0065nd\":{\"exchanges\":0}}",
+            br#"{"extra":1}"#,
+        ] {
+            assert!(may_be_end_record(yes), "{}", String::from_utf8_lossy(yes));
+        }
+        for no in [
+            &br#"{"conn":{"id":1}}"#[..],
+            b"",
+            b"{",
+            b"{\"",
+            br#"["end"]"#,
+            br#"{ }"#,
+            b"\xff{\"end\"",
+        ] {
+            assert!(!may_be_end_record(no), "{}", String::from_utf8_lossy(no));
+        }
+    }
+
+    /// An end record written with spaces and an escaped key is still the end record (the
+    /// cheap check must never skip a line that parses as one).
+    #[test]
+    fn spaced_and_escaped_end_record_ends_the_bundle() {
+        let header = serde_json::to_string(&BundleHeader::new(TaskRecord {
+            id: "t".into(),
+            spec: crate::TaskSpec::default(),
+            state: crate::TaskState::Imported,
+            stop_reason: None,
+            started_ms: 0,
+            stopped_ms: None,
+            stats: crate::TaskStats::default(),
+        }))
+        .unwrap();
+        for end in [
+            r#" { "\u0065nd" : { "exchanges" : 0 } } "#,
+            "{\"end\":{\"exchanges\":0}}\r",
+        ] {
+            let text = format!("{header}\n{end}\n");
+            let mut r = BundleReader::from_reader("mem", std::io::Cursor::new(text)).unwrap();
+            assert!(r.next().is_none(), "{end}");
+            assert_eq!(r.line(), 3, "{end}");
+        }
+        // A count that disagrees is still found (and refused) through the cheap check.
+        let text = format!("{header}\n{{\"end\":{{\"exchanges\":2}}}}\n");
+        let mut r = BundleReader::from_reader("mem", std::io::Cursor::new(text)).unwrap();
+        assert!(matches!(
+            r.next(),
+            Some(Err(BundleError::CountMismatch { line: 2, .. }))
+        ));
     }
 }
