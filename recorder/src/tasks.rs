@@ -593,7 +593,7 @@ mod tests {
         assert!(m.tick(1_500).is_empty());
         assert!(m.take_changed().is_empty());
         assert!(m.tick(2_100).is_empty());
-        assert_eq!(m.take_changed(), [t.id.clone()]);
+        assert_eq!(m.take_changed(), std::slice::from_ref(&t.id));
         assert_eq!(m.get(&t.id).unwrap().stats.running_ms, 1_100);
         // Interrupted after 4 s of running, resumed a minute later: 6 s are left.
         let mut rec = m.running_at(5_000).remove(0);
