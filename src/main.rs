@@ -7,6 +7,12 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+/// jemalloc: the recorder and the replayer allocate and free many small strings per exchange,
+/// often on different threads; it costs less CPU per exchange than glibc's malloc (figures in
+/// docs/benchmarks.md, "allocator").
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     cli::init_logging(&cli.global);
