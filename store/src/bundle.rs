@@ -359,15 +359,7 @@ impl BundleReader {
             path,
             src,
             compressed,
-            header: BundleHeader::new(TaskRecord {
-                id: String::new(),
-                spec: crate::TaskSpec::default(),
-                state: crate::TaskState::Imported,
-                stop_reason: None,
-                started_ms: 0,
-                stopped_ms: None,
-                stats: crate::TaskStats::default(),
-            }),
+            header: BundleHeader::new(imported_task("")),
             header_line: Vec::new(),
             line_no: 0,
             count: 0,
@@ -573,6 +565,19 @@ impl Iterator for BundleReader {
     }
 }
 
+/// A bare task record in state `imported` (a placeholder until a bundle's header is read).
+fn imported_task(id: &str) -> TaskRecord {
+    TaskRecord {
+        id: id.to_owned(),
+        spec: crate::TaskSpec::default(),
+        state: crate::TaskState::Imported,
+        stop_reason: None,
+        started_ms: 0,
+        stopped_ms: None,
+        stats: crate::TaskStats::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -604,16 +609,7 @@ mod tests {
     /// cheap check must never skip a line that parses as one).
     #[test]
     fn spaced_and_escaped_end_record_ends_the_bundle() {
-        let header = serde_json::to_string(&BundleHeader::new(TaskRecord {
-            id: "t".into(),
-            spec: crate::TaskSpec::default(),
-            state: crate::TaskState::Imported,
-            stop_reason: None,
-            started_ms: 0,
-            stopped_ms: None,
-            stats: crate::TaskStats::default(),
-        }))
-        .unwrap();
+        let header = serde_json::to_string(&BundleHeader::new(imported_task("t"))).unwrap();
         for end in [
             r#" { "\u0065nd" : { "exchanges" : 0 } } "#,
             "{\"end\":{\"exchanges\":0}}\r",
