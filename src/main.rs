@@ -10,6 +10,7 @@ use clap::Parser as _;
 /// jemalloc: the recorder and the replayer allocate and free many small strings per exchange,
 /// often on different threads; it costs less CPU per exchange than glibc's malloc (figures in
 /// docs/benchmarks.md, "allocator").
+#[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
