@@ -346,11 +346,13 @@ impl HttpDecoder {
             if input[0] == b'\r' || input[0] == b'\n' {
                 return 1;
             }
-            // Fast path: the whole head is in this push.
-            if let Some(end) = find_head_end(input, 0) {
+            // Fast path: the whole head is in this push. httparse finds its end while it
+            // parses (no separate scan for the blank line); a partial or invalid head takes
+            // the buffered path below, which finds the end first, as before.
+            if let Some((head, end)) = try_parse(kind, input) {
                 if end <= max_buffer {
                     let start_ts = side.start_ts;
-                    self.parse_head(kind, start_ts, ts, &input[..end]);
+                    self.accept_head(kind, start_ts, ts, head);
                     return end;
                 }
             }
@@ -403,41 +405,7 @@ impl HttpDecoder {
     }
 
     fn parse_head(&mut self, kind: Kind, start_ts: u64, ts: u64, bytes: &[u8]) {
-        // Uninitialised slots: httparse writes the ones it uses (saves a 4 KiB memset).
-        let mut headers =
-            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let parsed = match kind {
-            Kind::Request => {
-                let mut r = httparse::Request::new(&mut []);
-                match r.parse_with_uninit_headers(bytes, &mut headers) {
-                    Ok(httparse::Status::Complete(_)) => Some(Head::Request(HttpRequest {
-                        method: r.method.unwrap_or_default().to_owned(),
-                        target: r.path.unwrap_or_default().to_owned(),
-                        version: version(r.version),
-                        headers: to_headers(r.headers),
-                        body: Body::default(),
-                    })),
-                    _ => None,
-                }
-            }
-            Kind::Response => {
-                let mut r = httparse::Response::new(&mut []);
-                match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-                    &mut r,
-                    bytes,
-                    &mut headers,
-                ) {
-                    Ok(httparse::Status::Complete(_)) => Some(Head::Response(HttpResponse {
-                        version: version(r.version),
-                        status: r.code.unwrap_or_default(),
-                        reason: r.reason.unwrap_or_default().to_owned(),
-                        headers: to_headers(r.headers),
-                        body: Body::default(),
-                    })),
-                    _ => None,
-                }
-            }
-        };
+        let parsed = try_parse(kind, bytes).map(|(head, _)| head);
         let Some(head) = parsed else {
             let side = self.side(kind);
             side.buf.clear();
@@ -447,6 +415,11 @@ impl HttpDecoder {
             self.garbage(kind, ts, true);
             return;
         };
+        self.accept_head(kind, start_ts, ts, head);
+    }
+
+    /// A parsed head: work out its framing, queue or finish the message.
+    fn accept_head(&mut self, kind: Kind, start_ts: u64, ts: u64, head: Head) {
         let hdrs: &[Header] = match &head {
             Head::Request(r) => &r.headers,
             Head::Response(r) => &r.headers,
@@ -1033,6 +1006,52 @@ fn version(v: Option<u8>) -> String {
     match v {
         Some(0) => "HTTP/1.0".to_owned(),
         _ => "HTTP/1.1".to_owned(),
+    }
+}
+
+/// Parses a complete head at the start of `bytes`: the head and its length (through the
+/// blank line). None when the head is incomplete or invalid.
+fn try_parse(kind: Kind, bytes: &[u8]) -> Option<(Head, usize)> {
+    // Uninitialised slots: httparse writes the ones it uses (saves a 4 KiB memset).
+    let mut headers =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    match kind {
+        Kind::Request => {
+            let mut r = httparse::Request::new(&mut []);
+            match r.parse_with_uninit_headers(bytes, &mut headers) {
+                Ok(httparse::Status::Complete(n)) => Some((
+                    Head::Request(HttpRequest {
+                        method: r.method.unwrap_or_default().to_owned(),
+                        target: r.path.unwrap_or_default().to_owned(),
+                        version: version(r.version),
+                        headers: to_headers(r.headers),
+                        body: Body::default(),
+                    }),
+                    n,
+                )),
+                _ => None,
+            }
+        }
+        Kind::Response => {
+            let mut r = httparse::Response::new(&mut []);
+            match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut r,
+                bytes,
+                &mut headers,
+            ) {
+                Ok(httparse::Status::Complete(n)) => Some((
+                    Head::Response(HttpResponse {
+                        version: version(r.version),
+                        status: r.code.unwrap_or_default(),
+                        reason: r.reason.unwrap_or_default().to_owned(),
+                        headers: to_headers(r.headers),
+                        body: Body::default(),
+                    }),
+                    n,
+                )),
+                _ => None,
+            }
+        }
     }
 }
 
