@@ -523,7 +523,7 @@ impl BundleReader {
     fn advance(&mut self) -> Result<Option<Exchange>, BundleError> {
         let parsed = match self.next_exchange_line()? {
             None => return Ok(None),
-            Some(line) => crate::codec::from_json_line::<Exchange>(line),
+            Some(line) => crate::codec::exchange_from_json_line(line),
         };
         parsed.map(Some).map_err(|source| BundleError::BadRecord {
             path: self.path.clone(),
