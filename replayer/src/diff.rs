@@ -43,10 +43,7 @@ pub(crate) fn identical(
     match (a, b) {
         (Some(Response::Http(a)), Some(Response::Http(b))) => {
             let kept = |h: &&deetune_protocols::Header| {
-                !(skip_default_headers
-                    && crate::rules::DEFAULT_IGNORED_HEADERS
-                        .iter()
-                        .any(|d| h.name.eq_ignore_ascii_case(d)))
+                !(skip_default_headers && default_ignored(&h.name))
             };
             if a.status != b.status || a.body.content() != b.body.content() {
                 return false;
@@ -67,6 +64,18 @@ pub(crate) fn identical(
         (Some(Response::Http(_)), _) | (_, Some(Response::Http(_))) => false,
         (a, b) => a == b,
     }
+}
+
+/// Whether `name` is one of [`crate::rules::DEFAULT_IGNORED_HEADERS`] (which are lower
+/// case), ignoring case. Length and first letter are compared before the whole name: most
+/// headers of a response are checked here, against the whole list.
+fn default_ignored(name: &str) -> bool {
+    let Some(first) = name.as_bytes().first().map(u8::to_ascii_lowercase) else {
+        return false;
+    };
+    crate::rules::DEFAULT_IGNORED_HEADERS
+        .iter()
+        .any(|d| d.len() == name.len() && d.as_bytes()[0] == first && d.eq_ignore_ascii_case(name))
 }
 
 /// The comparable tree of a response. Keys of the top object are the path sections.
@@ -435,6 +444,25 @@ pub(crate) fn clip(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::rules::{Rules, RulesFile};
+
+    #[test]
+    fn default_ignored_headers_in_any_case() {
+        for d in crate::rules::DEFAULT_IGNORED_HEADERS {
+            assert!(default_ignored(d), "{d}");
+            assert!(default_ignored(&d.to_ascii_uppercase()), "{d}");
+        }
+        for name in [
+            "Content-Type",
+            "",
+            "dat",
+            "dates",
+            "Xate",
+            "x-request-ids",
+            "E-Tag",
+        ] {
+            assert!(!default_ignored(name), "{name}");
+        }
+    }
     use serde_json::json;
 
     fn paths(e: &Value, a: &Value, file: &RulesFile) -> Vec<String> {
