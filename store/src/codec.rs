@@ -63,7 +63,7 @@ pub(crate) fn from_json_line<T: serde::de::DeserializeOwned>(
 /// anything else, including every malformed line, goes to serde_json (and its error).
 pub(crate) fn exchange_from_json_line(line: &[u8]) -> Result<Exchange, serde_json::Error> {
     match std::str::from_utf8(line) {
-        Ok(text) => match fast::exchange(text.as_bytes()) {
+        Ok(text) => match fast::exchange(text) {
             Some(x) => Ok(x),
             None => serde_json::from_str(text),
         },
@@ -85,6 +85,9 @@ pub(crate) mod fast {
 
     /// A position in a line that is valid UTF-8 (checked by the caller).
     struct Cur<'a> {
+        /// The line.
+        s: &'a str,
+        /// Its bytes.
         b: &'a [u8],
         i: usize,
     }
@@ -179,16 +182,20 @@ pub(crate) mod fast {
             }
             let start = self.i + 1;
             let n = memchr::memchr2(b'"', b'\\', &self.b[start..])?;
-            let run = &self.b[start..start + n];
-            if self.b[start + n] != b'"' || run.iter().any(|&c| c < 0x20) {
+            if self.b[start + n] != b'"' || self.b[start..start + n].iter().any(|&c| c < 0x20) {
                 return None;
             }
             self.i = start + n + 1;
-            // Quotes are ASCII: a run between two of them in valid UTF-8 is valid UTF-8.
-            std::str::from_utf8(run).ok()
+            // Quotes are ASCII: both ends are character boundaries of the (valid) line.
+            self.s.get(start..start + n)
         }
 
         fn string(&mut self) -> Option<String> {
+            let save = self.i;
+            if let Some(text) = self.plain_str() {
+                return Some(text.to_owned());
+            }
+            self.i = save;
             let mut v = Vec::new();
             self.string_bytes(&mut v)?;
             String::from_utf8(v).ok()
@@ -203,25 +210,26 @@ pub(crate) mod fast {
         /// An unsigned integer as serde_json reads one into `u64` (declines on a sign,
         /// fraction, exponent, leading zero or overflow).
         fn u64(&mut self) -> Option<u64> {
-            let first = self.peek()?;
-            if !first.is_ascii_digit() {
+            let digits = self.b[self.i..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count();
+            let text = &self.b[self.i..self.i + digits];
+            if digits == 0
+                || (digits > 1 && text[0] == b'0')
+                || matches!(self.b.get(self.i + digits), Some(b'.' | b'e' | b'E'))
+            {
                 return None;
             }
-            let mut v = u64::from(first - b'0');
-            self.i += 1;
-            if first == b'0' {
-                if self.peek().is_some_and(|c| c.is_ascii_digit()) {
-                    return None;
-                }
+            let v = if digits <= 19 {
+                // At most 19 digits cannot overflow.
+                text.iter().fold(0u64, |v, &c| v * 10 + u64::from(c - b'0'))
             } else {
-                while let Some(c) = self.peek().filter(u8::is_ascii_digit) {
-                    v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
-                    self.i += 1;
-                }
-            }
-            if matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
-                return None;
-            }
+                text.iter().try_fold(0u64, |v, &c| {
+                    v.checked_mul(10)?.checked_add(u64::from(c - b'0'))
+                })?
+            };
+            self.i += digits;
             Some(v)
         }
 
@@ -384,8 +392,12 @@ pub(crate) mod fast {
     }
 
     /// An HTTP exchange in exactly the form `serde_json::to_writer` gives it, or `None`.
-    pub(crate) fn exchange(line: &[u8]) -> Option<Exchange> {
-        let mut c = Cur { b: line, i: 0 };
+    pub(crate) fn exchange(line: &str) -> Option<Exchange> {
+        let mut c = Cur {
+            s: line,
+            b: line.as_bytes(),
+            i: 0,
+        };
         c.lit(b"{\"conn\":{\"id\":")?;
         let id = c.u64()?;
         c.lit(b",\"client\":")?;
@@ -569,7 +581,7 @@ mod tests {
         for (ex, fast_path) in cases() {
             let line = serde_json::to_vec(&ex).unwrap();
             let text = String::from_utf8_lossy(&line);
-            let fast = fast::exchange(&line);
+            let fast = fast::exchange(std::str::from_utf8(&line).unwrap());
             assert_eq!(fast.is_some(), fast_path, "{text}");
             if let Some(f) = fast {
                 assert_eq!(f, ex, "{text}");
@@ -602,12 +614,12 @@ mod tests {
                 variants.push(line[..i].to_vec());
             }
             for m in variants {
-                if std::str::from_utf8(&m).is_err() {
+                let Ok(text) = std::str::from_utf8(&m) else {
                     continue;
-                }
+                };
                 tried += 1;
                 let serde = serde_json::from_slice::<Exchange>(&m);
-                if let Some(f) = fast::exchange(&m) {
+                if let Some(f) = fast::exchange(text) {
                     accepted += 1;
                     match serde {
                         Ok(s) => assert_eq!(f, s, "{}", String::from_utf8_lossy(&m)),
@@ -651,7 +663,7 @@ mod tests {
                 r.status = status;
             }
             let line = serde_json::to_vec(&ex).unwrap();
-            if let Some(f) = fast::exchange(&line) {
+            if let Some(f) = fast::exchange(std::str::from_utf8(&line).unwrap()) {
                 proptest::prop_assert_eq!(&f, &ex);
             }
             proptest::prop_assert_eq!(exchange_from_json_line(&line).unwrap(), ex);
