@@ -152,24 +152,26 @@ pub(crate) mod fast {
                     _ => j += 1,
                 }
             }
-            out.reserve_exact(j - self.i - escapes);
-            let mut k = self.i;
+            let start = out.len();
+            out.resize(start + (j - self.i - escapes), 0);
+            let dst = &mut out[start..];
+            let (mut k, mut w) = (self.i, 0);
             while k < j {
-                let c = self.b[k];
+                let mut c = self.b[k];
+                k += 1;
                 if c == b'\\' {
-                    out.push(match self.b[k + 1] {
+                    c = match self.b[k] {
                         b'b' => 0x08,
                         b'f' => 0x0c,
                         b'n' => b'\n',
                         b'r' => b'\r',
                         b't' => b'\t',
                         other => other,
-                    });
-                    k += 2;
-                } else {
-                    out.push(c);
+                    };
                     k += 1;
                 }
+                dst[w] = c;
+                w += 1;
             }
             self.i = j + 1;
             Some(())
@@ -210,26 +212,26 @@ pub(crate) mod fast {
         /// An unsigned integer as serde_json reads one into `u64` (declines on a sign,
         /// fraction, exponent, leading zero or overflow).
         fn u64(&mut self) -> Option<u64> {
-            let digits = self.b[self.i..]
-                .iter()
-                .take_while(|c| c.is_ascii_digit())
-                .count();
-            let text = &self.b[self.i..self.i + digits];
+            let start = self.i;
+            let mut v = 0u64;
+            while let Some(d) = self.b.get(self.i).map(|c| c.wrapping_sub(b'0')) {
+                if d > 9 {
+                    break;
+                }
+                // Checked below: at most 19 digits, which cannot overflow.
+                v = v.wrapping_mul(10).wrapping_add(u64::from(d));
+                self.i += 1;
+            }
+            let digits = self.i - start;
+            // 20 digits and more (≥ 10^19) are left to serde_json, as are leading zeros,
+            // fractions and exponents.
             if digits == 0
-                || (digits > 1 && text[0] == b'0')
-                || matches!(self.b.get(self.i + digits), Some(b'.' | b'e' | b'E'))
+                || digits > 19
+                || (digits > 1 && self.b[start] == b'0')
+                || matches!(self.peek(), Some(b'.' | b'e' | b'E'))
             {
                 return None;
             }
-            let v = if digits <= 19 {
-                // At most 19 digits cannot overflow.
-                text.iter().fold(0u64, |v, &c| v * 10 + u64::from(c - b'0'))
-            } else {
-                text.iter().try_fold(0u64, |v, &c| {
-                    v.checked_mul(10)?.checked_add(u64::from(c - b'0'))
-                })?
-            };
-            self.i += digits;
             Some(v)
         }
 
@@ -507,7 +509,7 @@ mod tests {
                 request_start_ns: 1_700_000_000_000_000_000,
                 request_end_ns: 1_700_000_000_000_000_100,
                 response_start_ns: 1_700_000_000_000_000_200,
-                response_end_ns: u64::MAX,
+                response_end_ns: 9_999_999_999_999_999_999,
             },
             flags: Flags::default(),
             session: None,
@@ -563,6 +565,8 @@ mod tests {
             inline: false,
         });
         redis.response = Some(Response::Redis(RespValue::Null));
+        let mut big = http(b"", true);
+        big.timing.response_end_ns = u64::MAX;
         vec![
             (http(json, true), true),
             (http(json, false), true),
@@ -573,6 +577,8 @@ mod tests {
             (http(b"bell \x07", true), false),
             (binary, false),
             (redis, false),
+            // 20 digits: serde_json's.
+            (big, false),
         ]
     }
 
@@ -590,7 +596,7 @@ mod tests {
         }
     }
 
-    /// Every one-byte change, deletion and cut of the lines above: whenever the fast reader
+    /// Every one-byte change, deletion, insertion and cut of the lines above: whenever the fast reader
     /// accepts the result, serde_json reads the same exchange from it (and otherwise the
     /// serde_json result, error included, is what the caller gets).
     #[test]
@@ -611,6 +617,11 @@ mod tests {
                 let mut m = line.clone();
                 m.remove(i);
                 variants.push(m);
+                for b in [b'0', b'9', b'"'] {
+                    let mut m = line.clone();
+                    m.insert(i, b);
+                    variants.push(m);
+                }
                 variants.push(line[..i].to_vec());
             }
             for m in variants {
