@@ -195,7 +195,8 @@ struct dt_emit_ctx {
 	__u64 conn_id;
 	__u64 ts_ns;
 	__u64 chunk;     /* payload bytes per event */
-	__u64 wake_left; /* ring bytes until the wake-up threshold is crossed (DT_NONE: no wake-up) */
+	__u64 wake;      /* wake-up threshold (DT_CFG_WAKE_BYTES) */
+	__u64 produced;  /* ring bytes this CPU's data events reserved, ever (kept across syscalls) */
 	__u32 tgid;
 	__u8 dir;
 	__u8 syscall;
@@ -276,6 +277,34 @@ struct {
 	__type(value, __u8);
 } filter_pids SEC(".maps");
 
+/*
+ * The pid/cgroup filters' verdict on recently seen tasks (threads), per CPU, direct-mapped by
+ * thread id, tagged with the task's address and pid/tgid and the config generation it was
+ * computed at: a process the filters keep out pays one array lookup (inlined by the verifier)
+ * and a compare per socket syscall, before any hash lookup. (BPF task storage did the same
+ * with a helper call that cost about as much as the two hash lookups it saved, see
+ * docs/benchmarks.md.) A task that moves to another cgroup keeps its verdict until the
+ * config changes or its slot is taken by another task.
+ */
+#define DT_VERDICT_SLOTS 64
+struct dt_verdict_slot {
+	__u64 task;
+	__u64 pid_tgid;
+	__u32 gen;
+	__u32 allowed;
+};
+
+struct dt_verdicts {
+	struct dt_verdict_slot slot[DT_VERDICT_SLOTS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dt_verdicts);
+} verdicts SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
@@ -291,15 +320,21 @@ struct {
 } filter_ports SEC(".maps");
 
 /*
- * Wake-up batching: waking the reader costs a context switch (and an irq_work IPI in the
- * writer). Events are submitted without a wake-up; the data event whose record makes the
- * waiting bytes cross a multiple of DT_CFG_WAKE_BYTES forces one (so a reader that is behind
- * is woken again every DT_CFG_WAKE_BYTES, never per event), and user space also drains the
- * ring on a short timer (recorder/src/capture/load.rs, DRAIN_EVERY). Waking on *every* event
- * above the threshold (the earlier rule) cost an IPI per event until the reader caught up;
- * waking only at the first crossing let a reader that missed it fall behind to a full ring.
+ * Wake-up batching: waking the reader costs a context switch, and a forced wake-up costs the
+ * writer an irq_work self-IPI (an APIC write: a VM exit under virtualization). Events are
+ * submitted without a wake-up; every CPU counts the ring bytes its data events reserve
+ * (emit_ctx.produced, per CPU: no shared cache line, no bpf_ringbuf_query of the consumer
+ * position the reader's CPU writes), and the record that makes that count cross a multiple of
+ * DT_CFG_WAKE_BYTES forces one wake-up. So however far behind the reader is, it is woken
+ * again after at most WAKE_BYTES more bytes per CPU (user space sizes it so that the ring holds
+ * several times that for every CPU); below that, user space drains on its own short timer
+ * (recorder/src/capture/load.rs, DRAIN_BUSY/DRAIN_IDLE). Earlier rules: a wake-up on every event
+ * above a threshold of waiting bytes cost an IPI per event until the reader caught up; a
+ * wake-up only at the first crossing let a reader that missed it fall behind to a full ring;
+ * a wake-up at every 256 KiB multiple of the waiting bytes cost a bpf_ringbuf_query (a cache
+ * miss) per syscall and an IPI per 256 KiB.
  */
-#define DT_WAKE_BYTES_DEFAULT (256 * 1024)
+#define DT_WAKE_BYTES_DEFAULT (1024 * 1024)
 
 static __always_inline struct dt_stats *get_stats(void)
 {
@@ -593,17 +628,16 @@ static __always_inline void unmute(struct conn *c, __u32 tgid, __u8 dir, __u64 p
 		goto filled;                                                               \
 	}
 
-/* Submit flags for a record of `rec` ring bytes: a wake-up only for the one that crosses the
- * next multiple of the threshold (see DT_WAKE_BYTES_DEFAULT). */
+/* Submit flags for a record of `rec` ring bytes: a wake-up only for the one that makes this
+ * CPU's produced bytes cross a multiple of the threshold (see DT_WAKE_BYTES_DEFAULT). */
 static __always_inline __u64 wake_flags(struct dt_emit_ctx *x, __u64 rec)
 {
-	if (x->wake_left == DT_NONE)
-		return BPF_RB_NO_WAKEUP;
-	if (rec >= x->wake_left) {
-		x->wake_left = DT_NONE;
+	__u64 before = x->produced;
+	__u64 after = before + rec;
+	__u64 wake = x->wake;
+	x->produced = after;
+	if (wake && before / wake != after / wake)
 		return BPF_RB_FORCE_WAKEUP;
-	}
-	x->wake_left -= rec;
 	return BPF_RB_NO_WAKEUP;
 }
 
@@ -782,10 +816,28 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 	if (tgid == cfg->v[DT_CFG_SELF_TGID])
 		return;
 	dir &= 1;
+	struct task_struct *task = bpf_get_current_task_btf();
+	if (cfg->v[DT_CFG_FILTER_PIDS] || cfg->v[DT_CFG_FILTER_CGROUPS]) {
+		/* Filtered-out processes stop here, before any hash lookup. */
+		__u32 zero = 0;
+		__u32 gen = cfg->v[DT_CFG_GEN];
+		struct dt_verdicts *vs = bpf_map_lookup_elem(&verdicts, &zero);
+		if (vs) {
+			struct dt_verdict_slot *v = &vs->slot[(__u32)id & (DT_VERDICT_SLOTS - 1)];
+			if (v->task != (__u64)task || v->pid_tgid != id || v->gen != gen) {
+				v->allowed = tgid_allowed(cfg, tgid);
+				v->task = (__u64)task;
+				v->pid_tgid = id;
+				v->gen = gen;
+			}
+			if (!v->allowed)
+				return;
+		} else if (!tgid_allowed(cfg, tgid)) {
+			return;
+		}
+	}
 	struct conn *c = bpf_map_lookup_elem(&conns, &skp);
 	if (!c) {
-		if (!tgid_allowed(cfg, tgid))
-			return;
 		__u32 *gen = bpf_map_lookup_elem(&skipped, &skp);
 		if (gen) {
 			if (*gen == (__u32)cfg->v[DT_CFG_GEN])
@@ -797,7 +849,6 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 	}
 
 	/* Which syscall moved the bytes, and where they are in user memory. */
-	struct task_struct *task = bpf_get_current_task_btf();
 	__u64 nr = ~0ULL, fd = 0, buf = 0, arg2 = 0;
 	/* Direct (BTF-checked) loads: no helper call per field. */
 	if (!(task->flags & (PF_KTHREAD | PF_IO_WORKER))) {
@@ -897,10 +948,7 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 	__u64 chunk = cfg->v[DT_CFG_CHUNK_BYTES];
 	x->chunk = chunk > 0 && chunk < DT_CHUNK_MAX ? chunk : DT_CHUNK_MAX;
 	__u64 wake = cfg->v[DT_CFG_WAKE_BYTES];
-	if (!wake)
-		wake = DT_WAKE_BYTES_DEFAULT;
-	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	x->wake_left = wake - avail % wake; /* to the next multiple of the threshold */
+	x->wake = wake ? wake : DT_WAKE_BYTES_DEFAULT;
 
 	__u64 cap = cfg->v[DT_CFG_CAP_BYTES];
 	if (cap > (__u64)DT_CHUNK_MAX * DT_CHUNKS_MAX)

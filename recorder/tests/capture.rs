@@ -723,6 +723,78 @@ async fn a_port_allowed_at_run_time_captures_a_known_connection_from_then_on() {
     }
 }
 
+/// The kernel caches the pid filter's verdict per task (per CPU, with the config generation):
+/// a process first kept out must be captured as soon as `set_pids` lets it in.
+#[tokio::test]
+async fn a_pid_allowed_at_run_time_is_captured_from_then_on() {
+    require_root!();
+    let (mut child, mut stdin, mut stdout) = spawn_child(&[("DT_PAUSE", "1".into())]);
+    let mut line = String::new();
+    while !line.contains("ready ") {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).expect("read child") > 0,
+            "child exited"
+        );
+    }
+    let port: u16 = line[line.find("ready ").expect("ready") + 6..]
+        .trim()
+        .parse()
+        .expect("port");
+    let config = CaptureConfig {
+        pids: vec![1], // init: the child's first exchange is filtered out by pid
+        ports: vec![port],
+        ..CaptureConfig::default()
+    };
+    let mut cap = Capture::start(config).expect("capture starts");
+    writeln!(stdin, "go").expect("go");
+    while !line.contains("paused") {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).expect("read child") > 0,
+            "child exited"
+        );
+    }
+    // Nothing of the first exchange may have been captured.
+    let mut early = Vec::new();
+    while let Ok(Some(ev)) =
+        tokio::time::timeout(Duration::from_millis(100), cap.next_event()).await
+    {
+        early.push(ev);
+    }
+    assert!(early.is_empty(), "captured a filtered-out pid: {early:?}");
+    cap.set_pids(&[child.id()]).expect("set pids");
+    writeln!(stdin, "on").expect("resume");
+    let done = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut all);
+        all
+    });
+    let conns = collect(&mut cap, &mut child).await;
+    assert!(
+        child.wait().expect("wait").success(),
+        "{}",
+        done.join().unwrap_or_default()
+    );
+    assert_eq!(cap.stats().kernel.lost_bytes(), 0, "{:?}", cap.stats());
+    assert_eq!(conns.len(), 2, "both ends, once each");
+    for c in conns.values() {
+        // Only the second exchange, from position 0 of each direction: no gap.
+        assert_eq!(c.gaps, 0, "gaps on {:?}", c.info);
+        assert!(
+            c.request == pattern(500, 1000),
+            "request differs on {:?}",
+            c.info
+        );
+        assert!(
+            c.response == pattern(998, 500),
+            "response differs on {:?}",
+            c.info
+        );
+        assert!(c.closed, "not reported closed: {:?}", c.info);
+    }
+}
+
 #[tokio::test]
 async fn a_process_that_exits_without_close_is_reported_closed() {
     require_root!();

@@ -23,9 +23,14 @@ const FILTER_MAX: usize = 1024;
 /// How long a hole may wait for the bytes before it: concurrent writers on one socket land
 /// in the ring buffer within microseconds of each other.
 const HOLE_WAIT: Duration = Duration::from_millis(200);
-/// The kernel wakes the reader only once 64 KiB are waiting (a wake-up per event would cost
-/// a context switch per captured syscall); below that, the ring is drained on this timer.
-const DRAIN_EVERY: Duration = Duration::from_millis(20);
+/// The kernel forces a wake-up of the reader only when a CPU's data events cross a multiple
+/// of [`CaptureConfig::wake_bytes`] (1–2 MiB: a wake-up per event would cost the captured
+/// process an IPI and the reader a context switch per syscall); in between, the ring is drained
+/// on a timer: every `DRAIN_BUSY` while the last drain found records (so the bytes are read
+/// while still in cache and the ring stays nearly empty; a timed sleep of the reader, not a busy
+/// poll: at most 250 wake-ups a second), every `DRAIN_IDLE` when it found none.
+const DRAIN_BUSY: Duration = Duration::from_millis(4);
+const DRAIN_IDLE: Duration = Duration::from_millis(20);
 /// How often connections of exited processes are looked for.
 const REAP_EVERY: Duration = Duration::from_secs(1);
 const STAT_SLOTS: usize = abi::STAT_SLOTS as usize;
@@ -43,6 +48,8 @@ pub struct Capture {
     stats: CaptureStats,
     config: CaptureConfig,
     last_reap: std::time::Instant,
+    /// The last drain found records (the drain timer is then `DRAIN_BUSY`).
+    busy: bool,
 }
 
 impl std::fmt::Debug for Capture {
@@ -145,7 +152,8 @@ impl Capture {
         slots[abi::config::CAP_BYTES] = u64::from(config.effective_cap());
         slots[abi::config::CHUNK_BYTES] = u64::from(config.effective_chunk());
         slots[abi::config::LOOPBACK_DEDUP] = u64::from(config.loopback_dedup);
-        slots[abi::config::WAKE_BYTES] = config.wake_bytes();
+        let cpus = aya::util::nr_cpus().unwrap_or(1);
+        slots[abi::config::WAKE_BYTES] = config.wake_bytes(cpus);
         write_config(&mut ebpf, &mut slots)?;
         let mut me = PartialCapture { ebpf, slots };
         me.set_list(
@@ -232,6 +240,7 @@ impl Capture {
             stats: CaptureStats::default(),
             config,
             last_reap: std::time::Instant::now(),
+            busy: false,
         })
     }
 
@@ -268,7 +277,8 @@ impl Capture {
 
     /// Waits for the kernel's wake-up or the drain timer; `false` when the ring failed.
     async fn wait_ring(&mut self) -> bool {
-        match tokio::time::timeout(DRAIN_EVERY, self.ring.readable_mut()).await {
+        let every = if self.busy { DRAIN_BUSY } else { DRAIN_IDLE };
+        match tokio::time::timeout(every, self.ring.readable_mut()).await {
             Ok(Ok(mut guard)) => {
                 guard.clear_ready();
                 true
@@ -292,9 +302,12 @@ impl Capture {
     /// Moves every record the ring buffer holds now into the queue of events.
     fn poll(&mut self) {
         let ring = self.ring.get_mut();
+        let mut any = false;
         while let Some(item) = ring.next() {
+            any = true;
             self.table.record(&item, &mut self.stats, &mut self.batch);
         }
+        self.busy = any;
         if self.table.any_held() {
             let limit = self
                 .table
