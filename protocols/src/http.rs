@@ -711,6 +711,15 @@ impl HttpDecoder {
                 if idx < self.req_emitted {
                     self.emit(None, Some(msg));
                     self.resp_emitted = self.resp_emitted.max(idx + 1);
+                } else if self.resp_done.is_empty()
+                    && self.req_done.front().is_some_and(|(qi, _)| *qi == idx)
+                {
+                    // The usual case: its request is first in line. Pair it right away
+                    // (what `pair` would do) without queueing the response first.
+                    if let Some((qi, q)) = self.req_done.pop_front() {
+                        self.paired(qi, q, msg);
+                    }
+                    return;
                 } else {
                     self.resp_done.push_back((idx, msg));
                 }
@@ -719,16 +728,21 @@ impl HttpDecoder {
         self.pair();
     }
 
+    /// Emits request `qi` with its response.
+    fn paired(&mut self, qi: u64, q: Msg, s: Msg) {
+        self.req_emitted = qi + 1;
+        self.resp_emitted = qi + 1;
+        self.req_heads.retain(|(i, _)| *i > qi);
+        self.emit(Some(q), Some(s));
+    }
+
     fn pair(&mut self) {
         loop {
             match (self.req_done.front(), self.resp_done.front()) {
                 (Some((qi, _)), Some((si, _))) if qi == si => {
                     let (qi, q) = self.req_done.pop_front().expect("front exists");
                     let (_, s) = self.resp_done.pop_front().expect("front exists");
-                    self.req_emitted = qi + 1;
-                    self.resp_emitted = qi + 1;
-                    self.req_heads.retain(|(i, _)| *i > qi);
-                    self.emit(Some(q), Some(s));
+                    self.paired(qi, q, s);
                 }
                 _ => break,
             }
