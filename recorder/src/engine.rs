@@ -15,7 +15,7 @@ use crate::capture::CaptureStats;
 use crate::events::StreamEvent;
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::policy::PolicyError;
-use crate::tasks::NotRunning;
+use crate::tasks::{NotRunning, Recorded};
 
 /// Unix time in ms.
 #[must_use]
@@ -44,11 +44,11 @@ impl SinkError {
 
 /// Where recorded exchanges, task records and topology edges go.
 pub trait Sink: Send {
-    /// Exchanges, each with its task, in recorded order (handed over: no copy).
+    /// Exchanges in recorded order, in runs of the same task (handed over: no copy).
     ///
     /// # Errors
     /// The write failed.
-    fn write(&mut self, batch: Vec<(TaskId, Exchange)>) -> Result<(), SinkError>;
+    fn write(&mut self, batch: Recorded) -> Result<(), SinkError>;
     /// A task record changed.
     ///
     /// # Errors
@@ -79,36 +79,13 @@ pub trait Sink: Send {
 #[derive(Debug, Clone)]
 pub struct StoreSink(pub Arc<Store>);
 
-impl StoreSink {
-    fn append(&self, task: &str, run: &mut Vec<Exchange>) -> Result<(), SinkError> {
-        let r = self
-            .0
-            .append(task, run)
-            .map(|_| ())
-            .map_err(|e| SinkError::new("append exchanges to the store")(Box::new(e)));
-        run.clear();
-        r
-    }
-}
-
 impl Sink for StoreSink {
-    fn write(&mut self, batch: Vec<(TaskId, Exchange)>) -> Result<(), SinkError> {
-        // One append per run of the same task, the exchanges moved, not copied.
-        let mut task: Option<TaskId> = None;
-        let mut run: Vec<Exchange> = Vec::with_capacity(batch.len());
-        for (id, ex) in batch {
-            if task.as_ref().is_some_and(|t| *t != id) {
-                if let Some(t) = task.take() {
-                    self.append(&t, &mut run)?;
-                }
-            }
-            if task.is_none() {
-                task = Some(id);
-            }
-            run.push(ex);
-        }
-        if let Some(t) = task {
-            self.append(&t, &mut run)?;
+    fn write(&mut self, batch: Recorded) -> Result<(), SinkError> {
+        // One append per run of the same task, as the pipeline queued it (no regrouping).
+        for (task, run) in batch.into_runs() {
+            self.0
+                .append(&task, &run)
+                .map_err(|e| SinkError::new("append exchanges to the store")(Box::new(e)))?;
         }
         Ok(())
     }
@@ -184,7 +161,7 @@ impl BackgroundFlushSink {
 }
 
 impl Sink for BackgroundFlushSink {
-    fn write(&mut self, batch: Vec<(TaskId, Exchange)>) -> Result<(), SinkError> {
+    fn write(&mut self, batch: Recorded) -> Result<(), SinkError> {
         self.inner.write(batch)
     }
 
@@ -271,11 +248,11 @@ impl BundleSink {
 }
 
 impl Sink for BundleSink {
-    fn write(&mut self, batch: Vec<(TaskId, Exchange)>) -> Result<(), SinkError> {
+    fn write(&mut self, batch: Recorded) -> Result<(), SinkError> {
         let Some(w) = &mut self.writer else {
             return Ok(());
         };
-        for (_, e) in &batch {
+        for (_, e) in batch.iter() {
             w.write(e)
                 .map_err(|e| SinkError::new("write to the bundle")(Box::new(e)))?;
         }
@@ -308,11 +285,11 @@ pub struct MemorySink {
 }
 
 impl Sink for MemorySink {
-    fn write(&mut self, batch: Vec<(TaskId, Exchange)>) -> Result<(), SinkError> {
+    fn write(&mut self, batch: Recorded) -> Result<(), SinkError> {
         self.exchanges
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend(batch);
+            .extend(batch.into_pairs());
         Ok(())
     }
 
@@ -559,7 +536,7 @@ impl<S: Sink> Engine<S> {
 
     /// [`Self::flush`]; `wait: false` lets the sink make it durable later.
     fn flush_with(&mut self, durable: bool, wait: bool) -> Result<(), SinkError> {
-        let out = self.pipeline.take_output();
+        let out = self.pipeline.take_recorded();
         let mut result = Ok(());
         if !out.is_empty() {
             self.stats.batches += 1;

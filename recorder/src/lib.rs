@@ -31,5 +31,5 @@ pub use pipeline::{Pipeline, PipelineConfig, PipelineStats};
 pub use policy::{Policy, PolicyError};
 pub use redact::{JsonPath, Redactor, DEFAULT_HEADERS, REDACTED};
 pub use services::{EndpointFacts, ProcCache, ServiceNamer, ServiceRule, ServiceRuleError};
-pub use tasks::{reason, Loss, NotRunning, PairCache, TaskManager};
+pub use tasks::{reason, Loss, NotRunning, PairCache, Recorded, RecordedOut, TaskManager};
 pub use topology::{is_error, EdgeId, EdgeKey, TopologyAggregator, MAX_EDGES, OTHER};

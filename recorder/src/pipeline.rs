@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::{ConnInfo, GapReason, StreamEvent};
 use crate::services::{canonical, EndpointFacts, ProcCache, ServiceNamer};
-use crate::tasks::{Loss, PairCache, TaskManager};
+use crate::tasks::{Loss, PairCache, Recorded, TaskManager};
 use crate::topology::{EdgeId, EdgeKey, TopologyAggregator};
 
 /// Limits of the pipeline.
@@ -179,7 +179,7 @@ pub struct Pipeline {
     /// The topology.
     pub topology: TopologyAggregator,
     stats: PipelineStats,
-    out: Vec<(TaskId, Exchange)>,
+    out: Recorded,
     scratch: Vec<Exchange>,
 }
 
@@ -214,7 +214,7 @@ impl Pipeline {
             tasks,
             topology,
             stats: PipelineStats::default(),
-            out: Vec::new(),
+            out: Recorded::default(),
             scratch: Vec::new(),
         }
     }
@@ -231,12 +231,18 @@ impl Pipeline {
         self.conns.len()
     }
 
-    /// The exchanges to store since the last call, with their task.
+    /// The exchanges to store since the last call, each with its task.
     pub fn take_output(&mut self) -> Vec<(TaskId, Exchange)> {
-        // The next batch starts with room for as many: no reallocation (and move of every
-        // exchange so far) while it fills.
-        let room = self.out.capacity();
-        std::mem::replace(&mut self.out, Vec::with_capacity(room))
+        self.take_recorded().into_pairs()
+    }
+
+    /// The exchanges to store since the last call, in runs of the same task (what the
+    /// engine hands to its sink).
+    pub fn take_recorded(&mut self) -> Recorded {
+        // The next batch's runs start with room for as many: no reallocation (and move of
+        // every exchange so far) while they fill.
+        let room = self.out.len().max(16);
+        std::mem::replace(&mut self.out, Recorded::with_room(room))
     }
 
     /// Whether output is waiting.

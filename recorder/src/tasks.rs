@@ -32,6 +32,100 @@ pub mod reason {
     pub const USER: &str = "stopped by user";
 }
 
+/// Where [`TaskManager::offer`] puts what tasks keep: each exchange with its task.
+pub trait RecordedOut {
+    /// Queues `ex`, kept by `task`.
+    fn keep(&mut self, task: &TaskId, ex: Exchange);
+}
+
+impl RecordedOut for Vec<(TaskId, Exchange)> {
+    fn keep(&mut self, task: &TaskId, ex: Exchange) {
+        self.push((task.clone(), ex));
+    }
+}
+
+/// Exchanges to store, in recorded order, in runs of the same task: the task id is kept once
+/// per run (not cloned per exchange), and a run is the slice the store appends as it is (no
+/// regrouping move).
+#[derive(Debug, Default)]
+pub struct Recorded {
+    runs: Vec<(TaskId, Vec<Exchange>)>,
+    len: usize,
+    /// Capacity of the first run (the size of the last batch): no reallocation while it fills.
+    room: usize,
+}
+
+impl Recorded {
+    /// Empty, new runs starting with room for `room` exchanges.
+    #[must_use]
+    pub fn with_room(room: usize) -> Self {
+        Self {
+            runs: Vec::new(),
+            len: 0,
+            room,
+        }
+    }
+
+    /// Exchanges queued.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when none is queued.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The runs: each task with its exchanges, in recorded order.
+    #[must_use]
+    pub fn runs(&self) -> &[(TaskId, Vec<Exchange>)] {
+        &self.runs
+    }
+
+    /// The runs, handed over.
+    #[must_use]
+    pub fn into_runs(self) -> Vec<(TaskId, Vec<Exchange>)> {
+        self.runs
+    }
+
+    /// Each exchange with its task, in recorded order.
+    pub fn iter(&self) -> impl Iterator<Item = (&TaskId, &Exchange)> {
+        self.runs
+            .iter()
+            .flat_map(|(t, xs)| xs.iter().map(move |x| (t, x)))
+    }
+
+    /// Each exchange with its task, in recorded order, handed over.
+    #[must_use]
+    pub fn into_pairs(self) -> Vec<(TaskId, Exchange)> {
+        let mut v = Vec::with_capacity(self.len);
+        for (t, xs) in self.runs {
+            v.extend(xs.into_iter().map(|x| (t.clone(), x)));
+        }
+        v
+    }
+}
+
+impl RecordedOut for Recorded {
+    fn keep(&mut self, task: &TaskId, ex: Exchange) {
+        self.len += 1;
+        if let Some((t, xs)) = self.runs.last_mut() {
+            if t == task {
+                xs.push(ex);
+                return;
+            }
+        }
+        // The first run gets the room of a whole batch; later ones (several tasks taking
+        // turns) grow as they fill, so short runs do not each hold a batch's worth.
+        let room = if self.runs.is_empty() { self.room } else { 0 };
+        let mut xs = Vec::with_capacity(room.max(1));
+        xs.push(ex);
+        self.runs.push((task.clone(), xs));
+    }
+}
+
 #[derive(Debug)]
 struct Active {
     record: TaskRecord,
@@ -279,13 +373,7 @@ impl TaskManager {
     /// Offers an exchange (services filled in) to every running task; the copies to store,
     /// redacted and cut per task, go to `out` with their task id (the last task that keeps it
     /// gets the exchange itself, the others a copy). Tasks that reach their count stop here.
-    pub fn offer(
-        &mut self,
-        ex: Exchange,
-        loss: Loss,
-        now_ms: u64,
-        out: &mut Vec<(TaskId, Exchange)>,
-    ) {
+    pub fn offer(&mut self, ex: Exchange, loss: Loss, now_ms: u64, out: &mut impl RecordedOut) {
         let mut cache = PairCache::default();
         self.offer_cached(ex, loss, now_ms, &mut cache, out);
     }
@@ -312,7 +400,7 @@ impl TaskManager {
         loss: Loss,
         now_ms: u64,
         cache: &mut PairCache,
-        out: &mut Vec<(TaskId, Exchange)>,
+        out: &mut impl RecordedOut,
     ) {
         // Tasks past their duration end first (index-stable loop below).
         if self
@@ -376,7 +464,7 @@ impl TaskManager {
 impl Active {
     /// Redacts and cuts `ex` for this task, counts it and queues it; true when the task has
     /// now recorded its count.
-    fn keep(&mut self, mut ex: Exchange, out: &mut Vec<(TaskId, Exchange)>) -> bool {
+    fn keep(&mut self, mut ex: Exchange, out: &mut impl RecordedOut) -> bool {
         self.policy.redactor.apply(&mut ex);
         let cut = self
             .policy
@@ -388,7 +476,7 @@ impl Active {
             st.truncated += 1;
         }
         st.recorded += 1;
-        out.push((self.record.id.clone(), ex));
+        out.keep(&self.record.id, ex);
         self.policy.count.is_some_and(|c| st.recorded >= c)
     }
 }
@@ -446,6 +534,35 @@ mod tests {
     use deetune_protocols::{
         ConnectionMeta, Endpoint, Flags, Header, HttpRequest, Protocol, Timing,
     };
+
+    /// Guards the engine's batch form: runs of the same task in recorded order, the same
+    /// exchanges with the same tasks as the flat form.
+    #[test]
+    fn recorded_runs_keep_order_and_tasks() {
+        let (a, b) = ("t-a".to_owned(), "t-b".to_owned());
+        let mut r = Recorded::with_room(8);
+        let mut flat: Vec<(TaskId, Exchange)> = Vec::new();
+        for (task, path) in [(&a, "/1"), (&a, "/2"), (&b, "/3"), (&a, "/4")] {
+            r.keep(task, ex("x", "y", "GET", path));
+            flat.keep(task, ex("x", "y", "GET", path));
+        }
+        assert_eq!(r.len(), 4);
+        let runs: Vec<(&str, usize)> = r
+            .runs()
+            .iter()
+            .map(|(t, x)| (t.as_str(), x.len()))
+            .collect();
+        assert_eq!(runs, [("t-a", 2), ("t-b", 1), ("t-a", 1)]);
+        let seen: Vec<(String, String)> =
+            r.iter().map(|(t, x)| (t.clone(), x.interface())).collect();
+        let want: Vec<(String, String)> = flat
+            .iter()
+            .map(|(t, x)| (t.clone(), x.interface()))
+            .collect();
+        assert_eq!(seen, want);
+        assert_eq!(r.into_pairs(), flat);
+        assert!(Recorded::default().is_empty());
+    }
 
     fn ex(from: &str, to: &str, method: &str, path: &str) -> Exchange {
         Exchange {
