@@ -79,18 +79,19 @@ impl CaptureConfig {
 
     /// Ring-buffer bytes a CPU writes between two kernel wake-ups of the reader: the kernel
     /// forces a wake-up when one CPU's data events cross a multiple of this (in between, the
-    /// reader drains on its timer). A quarter of the ring's share per CPU, as a power of two,
-    /// between 64 KiB (or less for a ring under 512 KiB) and an eighth of the ring: 2 MiB for the default 16 MiB ring on 2 CPUs.
+    /// reader drains on its timer). An eighth of the ring's share per CPU, as a power of two,
+    /// between 64 KiB (or less for a ring under 1 MiB) and a sixteenth of the ring: 1 MiB for
+    /// the default 16 MiB ring on 2 CPUs.
     /// However far behind the reader is, it is woken again before the ring holds
     /// `cpus` × this more bytes, which leaves room for several wake-ups before the ring fills.
     #[must_use]
     pub fn wake_bytes(&self, cpus: usize) -> u64 {
         let ring = u64::from(self.effective_ring_bytes());
         let cpus = u64::try_from(cpus.max(1)).unwrap_or(u64::MAX);
-        let share = (ring / cpus.saturating_mul(4)).max(1);
+        let share = (ring / cpus.saturating_mul(8)).max(1);
         // The largest power of two not above the share.
         let pow = 1u64 << (63 - share.leading_zeros());
-        let most = (ring / 8).max(1);
+        let most = (ring / 16).max(1);
         pow.clamp(most.min(64 * 1024), most)
     }
 
@@ -124,22 +125,23 @@ mod tests {
     #[test]
     fn wake_bytes_leave_room_for_every_cpu() {
         let c = CaptureConfig::default(); // 16 MiB ring
-        assert_eq!(c.wake_bytes(2), 2 * 1024 * 1024);
-        assert_eq!(c.wake_bytes(1), 2 * 1024 * 1024); // at most an eighth of the ring
-        assert_eq!(c.wake_bytes(0), 2 * 1024 * 1024);
-        assert_eq!(c.wake_bytes(3), 1024 * 1024);
+        assert_eq!(c.wake_bytes(2), 1024 * 1024);
+        assert_eq!(c.wake_bytes(1), 1024 * 1024); // at most a sixteenth of the ring
+        assert_eq!(c.wake_bytes(0), 1024 * 1024);
+        assert_eq!(c.wake_bytes(3), 512 * 1024);
+        assert_eq!(c.wake_bytes(32), 64 * 1024);
         assert_eq!(c.wake_bytes(64), 64 * 1024);
         assert_eq!(c.wake_bytes(100_000), 64 * 1024);
         let small = CaptureConfig {
             ring_buffer_bytes: 4096,
             ..CaptureConfig::default()
         };
-        assert_eq!(small.wake_bytes(2), 512);
+        assert_eq!(small.wake_bytes(2), 256);
         for cpus in 1..=256 {
             let w = c.wake_bytes(cpus);
             assert!(w.is_power_of_two());
             let n = u64::try_from(cpus).expect("small");
-            assert!(w * n <= u64::from(c.effective_ring_bytes()) / 4 || w == 64 * 1024);
+            assert!(w * n <= u64::from(c.effective_ring_bytes()) / 8 || w == 64 * 1024);
         }
     }
 

@@ -26,11 +26,14 @@ const HOLE_WAIT: Duration = Duration::from_millis(200);
 /// The kernel forces a wake-up of the reader only when a CPU's data events cross a multiple
 /// of [`CaptureConfig::wake_bytes`] (1–2 MiB: a wake-up per event would cost the captured
 /// process an IPI and the reader a context switch per syscall); in between, the ring is drained
-/// on a timer: every `DRAIN_BUSY` while the last drain found records (so the bytes are read
+/// on a timer: every `DRAIN_BUSY` while drains found records in the last `BUSY_FOR` (so the bytes are read
 /// while still in cache and the ring stays nearly empty; a timed sleep of the reader, not a busy
 /// poll: at most 250 wake-ups a second), every `DRAIN_IDLE` when it found none.
 const DRAIN_BUSY: Duration = Duration::from_millis(4);
 const DRAIN_IDLE: Duration = Duration::from_millis(20);
+/// How long after a drain that found records the reader keeps the `DRAIN_BUSY` timer (a drain
+/// right after another one usually finds nothing even under load).
+const BUSY_FOR: Duration = Duration::from_millis(100);
 /// How often connections of exited processes are looked for.
 const REAP_EVERY: Duration = Duration::from_secs(1);
 const STAT_SLOTS: usize = abi::STAT_SLOTS as usize;
@@ -48,8 +51,8 @@ pub struct Capture {
     stats: CaptureStats,
     config: CaptureConfig,
     last_reap: std::time::Instant,
-    /// The last drain found records (the drain timer is then `DRAIN_BUSY`).
-    busy: bool,
+    /// When a drain last found records (the drain timer is `DRAIN_BUSY` for `BUSY_FOR` after).
+    last_found: std::time::Instant,
 }
 
 impl std::fmt::Debug for Capture {
@@ -240,7 +243,7 @@ impl Capture {
             stats: CaptureStats::default(),
             config,
             last_reap: std::time::Instant::now(),
-            busy: false,
+            last_found: std::time::Instant::now(),
         })
     }
 
@@ -277,7 +280,11 @@ impl Capture {
 
     /// Waits for the kernel's wake-up or the drain timer; `false` when the ring failed.
     async fn wait_ring(&mut self) -> bool {
-        let every = if self.busy { DRAIN_BUSY } else { DRAIN_IDLE };
+        let every = if self.last_found.elapsed() < BUSY_FOR {
+            DRAIN_BUSY
+        } else {
+            DRAIN_IDLE
+        };
         match tokio::time::timeout(every, self.ring.readable_mut()).await {
             Ok(Ok(mut guard)) => {
                 guard.clear_ready();
@@ -307,7 +314,9 @@ impl Capture {
             any = true;
             self.table.record(&item, &mut self.stats, &mut self.batch);
         }
-        self.busy = any;
+        if any {
+            self.last_found = std::time::Instant::now();
+        }
         if self.table.any_held() {
             let limit = self
                 .table
