@@ -43,18 +43,6 @@ pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T,
     })
 }
 
-/// Parses one JSON line. The line is checked as UTF-8 once, as a whole, rather than string by
-/// string as `serde_json::from_slice` does, which is faster; a line that is not UTF-8 goes
-/// through `from_slice` for its error (with the position).
-pub(crate) fn from_json_line<T: serde::de::DeserializeOwned>(
-    line: &[u8],
-) -> Result<T, serde_json::Error> {
-    match std::str::from_utf8(line) {
-        Ok(text) => serde_json::from_str(text),
-        Err(_) => serde_json::from_slice(line),
-    }
-}
-
 /// Parses one exchange line (a bundle line, an imported record): first with
 /// [`fast::exchange`], a reader of exactly the canonical JSON this crate writes for an HTTP
 /// exchange, and when it declines, with serde_json. The result is the same either way: the

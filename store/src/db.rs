@@ -402,7 +402,7 @@ impl BlockCursor {
                 };
                 self.next_id += 1;
                 Some(
-                    codec::from_json_line(line)
+                    codec::exchange_from_json_line(line)
                         .map(|x| (ExchangeId(id), x))
                         .map_err(|e| StoreError::Corrupt {
                             what: format!("exchange {id}"),
@@ -501,7 +501,7 @@ fn decode_record(kind: u8, record: &[u8], id: u64) -> Result<Exchange, StoreErro
     };
     match kind {
         RECORD_BINARY => crate::binary::decode_exchange(record).map_err(|e| corrupt(e.to_string())),
-        RECORD_JSON => codec::from_json_line(record).map_err(|e| corrupt(e.to_string())),
+        RECORD_JSON => codec::exchange_from_json_line(record).map_err(|e| corrupt(e.to_string())),
         other => Err(corrupt(format!("unknown record kind {other}"))),
     }
 }
@@ -1022,7 +1022,7 @@ impl Store {
             }
             BlockBody::Json(body) => {
                 let line = body.split(|&b| b == b'\n').nth(nth).ok_or_else(missing)?;
-                codec::from_json_line(line).map_err(|e| StoreError::Corrupt {
+                codec::exchange_from_json_line(line).map_err(|e| StoreError::Corrupt {
                     what: format!("exchange {id}"),
                     detail: e.to_string(),
                 })?
@@ -1463,7 +1463,7 @@ impl ImportChunk {
             return Ok(block);
         }
         for (line, no) in self.lines.split(|&b| b == b'\n').zip(self.first_line..) {
-            let x: Exchange = codec::from_json_line(line).map_err(|source| {
+            let x: Exchange = codec::exchange_from_json_line(line).map_err(|source| {
                 ImportFailure::Bundle(crate::BundleError::BadRecord {
                     path: path.to_path_buf(),
                     line: no,
