@@ -70,7 +70,7 @@ enum dt_config_slot {
 	DT_CFG_CHUNK_BYTES = 5,   /* payload bytes per data event (<= DT_CHUNK_MAX) */
 	DT_CFG_LOOPBACK_DEDUP = 6,/* non-zero: loopback client ends of captured servers copy nothing */
 	DT_CFG_GEN = 7,           /* bumped by user space on every config write (cached verdicts) */
-	DT_CFG_WAKE_BYTES = 8,    /* wake the reader when the ring's waiting bytes cross this */
+	DT_CFG_WAKE_BYTES = 8,    /* wake the reader when a CPU's produced bytes cross a multiple */
 	DT_CFG_SLOTS = 16,
 };
 

@@ -112,7 +112,8 @@ pub mod config {
     pub const LOOPBACK_DEDUP: usize = 6;
     /// Bumped on every config write: the kernel caches filter verdicts per generation.
     pub const GEN: usize = 7;
-    /// Wake the reader when the bytes waiting in the ring cross this (0: 1 MiB).
+    /// Force a wake-up of the reader when a CPU's produced ring bytes cross a multiple of this
+    /// (0: 1 MiB).
     pub const WAKE_BYTES: usize = 8;
 }
 /// Number of `u64` slots in the config value.
