@@ -24,11 +24,12 @@ const FILTER_MAX: usize = 1024;
 /// in the ring buffer within microseconds of each other.
 const HOLE_WAIT: Duration = Duration::from_millis(200);
 /// The kernel forces a wake-up of the reader only when a CPU's data events cross a multiple
-/// of [`CaptureConfig::wake_bytes`] (1–2 MiB: a wake-up per event would cost the captured
-/// process an IPI and the reader a context switch per syscall); in between, the ring is drained
-/// on a timer: every `DRAIN_BUSY` while drains found records in the last `BUSY_FOR` (so the bytes are read
-/// while still in cache and the ring stays nearly empty; a timed sleep of the reader, not a busy
-/// poll: at most 250 wake-ups a second), every `DRAIN_IDLE` when it found none.
+/// of [`CaptureConfig::wake_bytes`] (1 MiB for the default ring on 2 CPUs: a wake-up per event
+/// would cost the captured process an IPI and the reader a context switch per syscall); in
+/// between, the ring is drained on a timer: every `DRAIN_BUSY` while drains found records in
+/// the last `BUSY_FOR` (the bytes are read soon after they were written and the ring stays
+/// nearly empty; a timed sleep of the reader, not a busy poll: at most 250 wake-ups a second),
+/// every `DRAIN_IDLE` otherwise.
 const DRAIN_BUSY: Duration = Duration::from_millis(4);
 const DRAIN_IDLE: Duration = Duration::from_millis(20);
 /// How long after a drain that found records the reader keeps the `DRAIN_BUSY` timer (a drain
