@@ -109,6 +109,7 @@ impl Recorded {
 }
 
 impl RecordedOut for Recorded {
+    #[inline]
     fn keep(&mut self, task: &TaskId, ex: Exchange) {
         self.len += 1;
         if let Some((t, xs)) = self.runs.last_mut() {
@@ -464,6 +465,7 @@ impl TaskManager {
 impl Active {
     /// Redacts and cuts `ex` for this task, counts it and queues it; true when the task has
     /// now recorded its count.
+    #[inline]
     fn keep(&mut self, mut ex: Exchange, out: &mut impl RecordedOut) -> bool {
         self.policy.redactor.apply(&mut ex);
         let cut = self
