@@ -34,19 +34,13 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(20_000);
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(
-        Store::open_with(
-            dir.path(),
-            &StoreOptions {
-                cache_bytes: 16 << 20,
-                // No timed flush: under valgrind the run is slow and sled's flusher would
-                // add work by the second, not by the exchange.
-                flush_every_ms: 3_600_000,
-                ..StoreOptions::default()
-            },
-        )
-        .expect("store"),
-    );
+    // The daemon's cache; no timed flush: under valgrind the run is slow and sled's flusher
+    // would add work by the second, not by the exchange.
+    let store_options = StoreOptions {
+        cache_bytes: 16 << 20,
+        flush_every_ms: 3_600_000,
+    };
+    let store = Arc::new(Store::open_with(dir.path(), &store_options).expect("store"));
     let rules: Vec<ServiceRule> = toml::from_str::<Rules>(&format!(
         "[[service]]\nname = \"bench-nginx\"\nport = {PORT}\n"
     ))
