@@ -802,6 +802,19 @@ static __always_inline int conn_allowed(struct dt_config *cfg, struct conn *c, _
 	return c->allowed;
 }
 
+/*
+ * A process the pid/cgroup filters keep out moved `ret` bytes on socket `skp`. On a captured
+ * connection (a socket shared with an allowed process, or a filter changed at run time) the
+ * position still moves, so user space sees the bytes it did not get as a gap rather than a
+ * stream silently missing them; on any other socket this costs one lookup.
+ */
+static __always_inline void filtered_out(__u64 skp, int ret, __u8 dir)
+{
+	struct conn *c = bpf_map_lookup_elem(&conns, &skp);
+	if (c)
+		__sync_fetch_and_add(&c->pos[dir & 1], (__u64)ret);
+}
+
 static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 {
 	if (ret <= 0)
@@ -830,9 +843,12 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 				v->pid_tgid = id;
 				v->gen = gen;
 			}
-			if (!v->allowed)
+			if (!v->allowed) {
+				filtered_out(skp, ret, dir);
 				return;
+			}
 		} else if (!tgid_allowed(cfg, tgid)) {
+			filtered_out(skp, ret, dir);
 			return;
 		}
 	}

@@ -723,6 +723,70 @@ async fn a_port_allowed_at_run_time_captures_a_known_connection_from_then_on() {
     }
 }
 
+/// Bytes a process moves on a captured connection while the pid filter keeps it out (here:
+/// the filter changed at run time) are a counted gap, never silently missing from the stream.
+#[tokio::test]
+async fn a_pid_excluded_at_run_time_leaves_a_counted_gap() {
+    require_root!();
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (mut child, mut stdin, mut stdout) = spawn_child(&[("DT_PAUSE", "1".into())]);
+    let mut line = String::new();
+    while !line.contains("ready ") {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).expect("read child") > 0,
+            "child exited"
+        );
+    }
+    let port: u16 = line[line.find("ready ").expect("ready") + 6..]
+        .trim()
+        .parse()
+        .expect("port");
+    let config = CaptureConfig {
+        pids: vec![child.id()],
+        ports: vec![port],
+        ..CaptureConfig::default()
+    };
+    let mut cap = Capture::start(config).expect("capture starts");
+    writeln!(stdin, "go").expect("go");
+    while !line.contains("paused") {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).expect("read child") > 0,
+            "child exited"
+        );
+    }
+    cap.set_pids(&[1]).expect("set pids"); // init: the child is kept out from now on
+    writeln!(stdin, "on").expect("resume");
+    let done = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut all);
+        all
+    });
+    let conns = collect(&mut cap, &mut child).await;
+    assert!(
+        child.wait().expect("wait").success(),
+        "{}",
+        done.join().unwrap_or_default()
+    );
+    assert_eq!(conns.len(), 2, "both ends, once each");
+    for c in conns.values() {
+        // The first exchange whole; the second (1000 + 500 bytes) reported as a gap.
+        assert!(
+            c.request == pattern(0, 1000),
+            "request differs on {:?}",
+            c.info
+        );
+        assert!(
+            c.response == pattern(999, 500),
+            "response differs on {:?}",
+            c.info
+        );
+        assert_eq!(c.gaps, 1500, "gap bytes on {:?}", c.info);
+        assert!(c.closed, "not reported closed: {:?}", c.info);
+    }
+}
+
 /// The kernel caches the pid filter's verdict per task (per CPU, with the config generation):
 /// a process first kept out must be captured as soon as `set_pids` lets it in.
 #[tokio::test]
