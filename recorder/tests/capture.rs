@@ -660,74 +660,13 @@ async fn a_port_filter_keeps_other_ports_out() {
     }
 }
 
-#[tokio::test]
-async fn a_port_allowed_at_run_time_captures_a_known_connection_from_then_on() {
-    require_root!();
-    let (mut child, mut stdin, mut stdout) = spawn_child(&[("DT_PAUSE", "1".into())]);
-    let mut line = String::new();
-    while !line.contains("ready ") {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).expect("read child") > 0,
-            "child exited"
-        );
-    }
-    let port: u16 = line[line.find("ready ").expect("ready") + 6..]
-        .trim()
-        .parse()
-        .expect("port");
-    let config = CaptureConfig {
-        pids: vec![child.id()],
-        ports: vec![1], // nothing matches: the first exchange is filtered out
-        ..CaptureConfig::default()
-    };
-    let mut cap = Capture::start(config).expect("capture starts");
-    writeln!(stdin, "go").expect("go");
-    while !line.contains("paused") {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).expect("read child") > 0,
-            "child exited"
-        );
-    }
-    // The connection's sockets are known (filtered) in the kernel; now let them through.
-    cap.set_ports(&[port]).expect("set ports");
-    writeln!(stdin, "on").expect("resume");
-    let done = std::thread::spawn(move || {
-        let mut all = String::new();
-        let _ = std::io::Read::read_to_string(&mut stdout, &mut all);
-        all
-    });
-    let conns = collect(&mut cap, &mut child).await;
-    assert!(
-        child.wait().expect("wait").success(),
-        "{}",
-        done.join().unwrap_or_default()
-    );
-    assert_eq!(cap.stats().kernel.lost_bytes(), 0, "{:?}", cap.stats());
-    assert_eq!(conns.len(), 2, "both ends, once each");
-    for c in conns.values() {
-        // Only the second exchange, from position 0 of each direction: no gap.
-        assert_eq!(c.gaps, 0, "gaps on {:?}", c.info);
-        assert!(
-            c.request == pattern(500, 1000),
-            "request differs on {:?}",
-            c.info
-        );
-        assert!(
-            c.response == pattern(998, 500),
-            "response differs on {:?}",
-            c.info
-        );
-        assert!(c.closed, "not reported closed: {:?}", c.info);
-    }
-}
-
-/// Bytes a process moves on a captured connection while the pid filter keeps it out (here:
-/// the filter changed at run time) are a counted gap, never silently missing from the stream.
-#[tokio::test]
-async fn a_pid_excluded_at_run_time_leaves_a_counted_gap() {
-    require_root!();
+/// A child with one connection and two exchanges on it, paused in between: the capture starts
+/// with `config(child_pid, port)`; while the child is paused, `change(capture, child_pid, port)`
+/// changes a filter; then the second exchange. Returns what was captured, per connection.
+async fn filter_changed_between_exchanges(
+    config: impl FnOnce(u32, u16) -> CaptureConfig,
+    change: impl FnOnce(&mut Capture, u32, u16),
+) -> HashMap<u64, Seen> {
     let _one = ONE_AT_A_TIME.lock().await;
     let (mut child, mut stdin, mut stdout) = spawn_child(&[("DT_PAUSE", "1".into())]);
     let mut line = String::new();
@@ -742,12 +681,7 @@ async fn a_pid_excluded_at_run_time_leaves_a_counted_gap() {
         .trim()
         .parse()
         .expect("port");
-    let config = CaptureConfig {
-        pids: vec![child.id()],
-        ports: vec![port],
-        ..CaptureConfig::default()
-    };
-    let mut cap = Capture::start(config).expect("capture starts");
+    let mut cap = Capture::start(config(child.id(), port)).expect("capture starts");
     writeln!(stdin, "go").expect("go");
     while !line.contains("paused") {
         line.clear();
@@ -756,78 +690,7 @@ async fn a_pid_excluded_at_run_time_leaves_a_counted_gap() {
             "child exited"
         );
     }
-    cap.set_pids(&[1]).expect("set pids"); // init: the child is kept out from now on
-    writeln!(stdin, "on").expect("resume");
-    let done = std::thread::spawn(move || {
-        let mut all = String::new();
-        let _ = std::io::Read::read_to_string(&mut stdout, &mut all);
-        all
-    });
-    let conns = collect(&mut cap, &mut child).await;
-    assert!(
-        child.wait().expect("wait").success(),
-        "{}",
-        done.join().unwrap_or_default()
-    );
-    assert_eq!(conns.len(), 2, "both ends, once each");
-    for c in conns.values() {
-        // The first exchange whole; the second (1000 + 500 bytes) reported as a gap.
-        assert!(
-            c.request == pattern(0, 1000),
-            "request differs on {:?}",
-            c.info
-        );
-        assert!(
-            c.response == pattern(999, 500),
-            "response differs on {:?}",
-            c.info
-        );
-        assert_eq!(c.gaps, 1500, "gap bytes on {:?}", c.info);
-        assert!(c.closed, "not reported closed: {:?}", c.info);
-    }
-}
-
-/// The kernel caches the pid filter's verdict per task (per CPU, with the config generation):
-/// a process first kept out must be captured as soon as `set_pids` lets it in.
-#[tokio::test]
-async fn a_pid_allowed_at_run_time_is_captured_from_then_on() {
-    require_root!();
-    let (mut child, mut stdin, mut stdout) = spawn_child(&[("DT_PAUSE", "1".into())]);
-    let mut line = String::new();
-    while !line.contains("ready ") {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).expect("read child") > 0,
-            "child exited"
-        );
-    }
-    let port: u16 = line[line.find("ready ").expect("ready") + 6..]
-        .trim()
-        .parse()
-        .expect("port");
-    let config = CaptureConfig {
-        pids: vec![1], // init: the child's first exchange is filtered out by pid
-        ports: vec![port],
-        ..CaptureConfig::default()
-    };
-    let mut cap = Capture::start(config).expect("capture starts");
-    writeln!(stdin, "go").expect("go");
-    while !line.contains("paused") {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).expect("read child") > 0,
-            "child exited"
-        );
-    }
-    // Nothing of the first exchange may have been captured.
-    let mut early = Vec::new();
-    while let Ok(Some(ev)) =
-        tokio::time::timeout(Duration::from_millis(100), cap.next_event()).await
-    {
-        early.push(ev);
-    }
-    assert!(early.is_empty(), "captured a filtered-out pid: {early:?}");
-    cap.set_pids(&[child.id()]).expect("set pids");
+    change(&mut cap, child.id(), port);
     writeln!(stdin, "on").expect("resume");
     let done = std::thread::spawn(move || {
         let mut all = String::new();
@@ -842,8 +705,12 @@ async fn a_pid_allowed_at_run_time_is_captured_from_then_on() {
     );
     assert_eq!(cap.stats().kernel.lost_bytes(), 0, "{:?}", cap.stats());
     assert_eq!(conns.len(), 2, "both ends, once each");
+    conns
+}
+
+/// Both ends carry only the second exchange, from position 0 of each direction (no gap).
+fn assert_only_the_second_exchange(conns: &HashMap<u64, Seen>) {
     for c in conns.values() {
-        // Only the second exchange, from position 0 of each direction: no gap.
         assert_eq!(c.gaps, 0, "gaps on {:?}", c.info);
         assert!(
             c.request == pattern(500, 1000),
@@ -855,6 +722,71 @@ async fn a_pid_allowed_at_run_time_is_captured_from_then_on() {
             "response differs on {:?}",
             c.info
         );
+        assert!(c.closed, "not reported closed: {:?}", c.info);
+    }
+}
+
+#[tokio::test]
+async fn a_port_allowed_at_run_time_captures_a_known_connection_from_then_on() {
+    require_root!();
+    let conns = filter_changed_between_exchanges(
+        |pid, _| CaptureConfig {
+            pids: vec![pid],
+            ports: vec![1], // nothing matches: the first exchange is filtered out
+            ..CaptureConfig::default()
+        },
+        // The connection's sockets are known (filtered) in the kernel; now let them through.
+        |cap, _, port| cap.set_ports(&[port]).expect("set ports"),
+    )
+    .await;
+    assert_only_the_second_exchange(&conns);
+}
+
+/// The kernel caches the pid filter's verdict per task (per CPU, with the config generation):
+/// a process first kept out must be captured as soon as `set_pids` lets it in.
+#[tokio::test]
+async fn a_pid_allowed_at_run_time_is_captured_from_then_on() {
+    require_root!();
+    let conns = filter_changed_between_exchanges(
+        |_, port| CaptureConfig {
+            pids: vec![1], // init: the child's first exchange is filtered out by pid
+            ports: vec![port],
+            ..CaptureConfig::default()
+        },
+        |cap, pid, _| cap.set_pids(&[pid]).expect("set pids"),
+    )
+    .await;
+    assert_only_the_second_exchange(&conns);
+}
+
+/// Bytes a process moves on a captured connection while the pid filter keeps it out (here:
+/// the filter changed at run time) are a counted gap, never silently missing from the stream.
+#[tokio::test]
+async fn a_pid_excluded_at_run_time_leaves_a_counted_gap() {
+    require_root!();
+    let conns = filter_changed_between_exchanges(
+        |pid, port| CaptureConfig {
+            pids: vec![pid],
+            ports: vec![port],
+            ..CaptureConfig::default()
+        },
+        // init: the child is kept out from now on
+        |cap, _, _| cap.set_pids(&[1]).expect("set pids"),
+    )
+    .await;
+    for c in conns.values() {
+        // The first exchange whole; the second (1000 + 500 bytes) reported as a gap.
+        assert!(
+            c.request == pattern(0, 1000),
+            "request differs on {:?}",
+            c.info
+        );
+        assert!(
+            c.response == pattern(999, 500),
+            "response differs on {:?}",
+            c.info
+        );
+        assert_eq!(c.gaps, 1500, "gap bytes on {:?}", c.info);
         assert!(c.closed, "not reported closed: {:?}", c.info);
     }
 }
