@@ -18,6 +18,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_deetune");
 /// Process names the demo gives its children.
 const CHILD_NAMES: [&str; 4] = ["shop-v1", "shop-v2", "shop-v1-base", "web"];
 
+/// One demo at a time: the leftover check looks for the demo's children by name across the
+/// host, so a demo run by the other test at the same time looked like a leftover.
+static ONE_DEMO: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn is_root() -> bool {
     deetune_fixtures::is_root()
 }
@@ -154,6 +158,9 @@ fn interfaces(report: &Value) -> Vec<(String, Value)> {
 
 #[test]
 fn demo_finds_exactly_the_injected_regression_and_leaves_nothing_behind() {
+    let _one = ONE_DEMO
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !is_root() {
         deetune_fixtures::skip("the demo records with eBPF and needs root");
         return;
@@ -219,6 +226,9 @@ fn demo_finds_exactly_the_injected_regression_and_leaves_nothing_behind() {
 /// Ctrl-C at several points of the demo stops everything it started.
 #[test]
 fn sigint_during_the_demo_leaves_no_process_behind() {
+    let _one = ONE_DEMO
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !is_root() {
         deetune_fixtures::skip("the demo records with eBPF and needs root");
         return;
