@@ -336,6 +336,24 @@ async fn capture_child(
     capture_child_with(envs, config, port_filter).await
 }
 
+/// Reads the child's output up to the line holding `marker`; returns that line from the
+/// marker on (the test harness may print "test child_traffic_helper ... " before it on the
+/// same line).
+fn read_until(stdout: &mut impl BufRead, marker: &str) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).expect("read child") > 0,
+            "child exited before {marker:?}"
+        );
+        if let Some(i) = line.find(marker) {
+            line.drain(..i);
+            return line;
+        }
+    }
+}
+
 /// Runs the child with `envs`, capturing with `config(child_pid, listener ports)` and then
 /// `port_filter(ports)`.
 /// One child capture at a time: run in parallel (two test threads on two loaded cores), the
@@ -350,19 +368,7 @@ async fn capture_child_with(
 ) -> Run {
     let _serial = ONE_AT_A_TIME.lock().await;
     let (mut child, mut stdin, mut stdout) = spawn_child(envs);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).expect("read child") > 0,
-            "child exited before ready"
-        );
-        // The harness may print "test child_traffic_helper ... " before it on the same line.
-        if let Some(i) = line.find("ready ") {
-            line.drain(..i);
-            break;
-        }
-    }
+    let line = read_until(&mut stdout, "ready ");
     let ports: Vec<u16> = line
         .split_whitespace()
         .skip(1)
@@ -669,27 +675,13 @@ async fn filter_changed_between_exchanges(
 ) -> HashMap<u64, Seen> {
     let _one = ONE_AT_A_TIME.lock().await;
     let (mut child, mut stdin, mut stdout) = spawn_child(&[("DT_PAUSE", "1".into())]);
-    let mut line = String::new();
-    while !line.contains("ready ") {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).expect("read child") > 0,
-            "child exited"
-        );
-    }
-    let port: u16 = line[line.find("ready ").expect("ready") + 6..]
+    let port: u16 = read_until(&mut stdout, "ready ")["ready ".len()..]
         .trim()
         .parse()
         .expect("port");
     let mut cap = Capture::start(config(child.id(), port)).expect("capture starts");
     writeln!(stdin, "go").expect("go");
-    while !line.contains("paused") {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).expect("read child") > 0,
-            "child exited"
-        );
-    }
+    read_until(&mut stdout, "paused");
     change(&mut cap, child.id(), port);
     writeln!(stdin, "on").expect("resume");
     let done = std::thread::spawn(move || {
