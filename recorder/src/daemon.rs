@@ -54,6 +54,11 @@ pub struct RecorderConfig {
     /// of the kernel's ring buffer when only some services matter.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub capture_ports: Vec<u16>,
+    /// Size of the kernel's ring buffer in KiB (default 16384: 16 MiB; rounded up to a power
+    /// of two). Larger rides out longer stalls of the daemon (more traffic held before
+    /// "ring buffer full" losses); smaller keeps the copies in the CPU caches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ring_buffer_kib: Option<u32>,
     /// Service naming rules, first match wins.
     #[serde(rename = "service", skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceRule>,
@@ -120,6 +125,11 @@ impl RecorderConfig {
         crate::CaptureConfig {
             loopback_dedup: self.loopback_dedup.unwrap_or(true),
             ports: self.capture_ports.clone(),
+            ring_buffer_bytes: self
+                .ring_buffer_kib
+                .map_or(crate::CaptureConfig::default().ring_buffer_bytes, |k| {
+                    k.clamp(4, 1 << 20) * 1024
+                }),
             ..crate::CaptureConfig::default()
         }
     }

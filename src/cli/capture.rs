@@ -12,7 +12,7 @@ use deetune_protocols::Direction;
 use deetune_recorder::{Capture, CaptureConfig, CaptureStats, ConnInfo, StreamEvent};
 
 use super::daemon::terminated;
-use super::task::parse_duration;
+use super::task::{parse_duration, parse_size};
 use super::Global;
 use crate::exit;
 
@@ -47,6 +47,18 @@ pub(crate) struct Args {
     /// Payload bytes shown per data event in text mode.
     #[arg(long, value_name = "BYTES", default_value_t = 64)]
     preview: usize,
+    /// Size of the kernel's ring buffer (rounded up to a power of two, 4KiB..1GiB): larger
+    /// rides out longer stalls of this reader, smaller keeps the copies in the CPU caches.
+    #[arg(long, value_name = "SIZE", value_parser = parse_ring_size, default_value = "16MiB")]
+    ring_buffer: u32,
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let v = parse_size(s)?;
+    if v > 1 << 30 {
+        return Err(format!("the ring buffer can be at most 1GiB, got `{s}`"));
+    }
+    u32::try_from(v).map_err(|_| format!("`{s}` is too large"))
 }
 
 pub(crate) fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
@@ -63,6 +75,7 @@ async fn sniff(args: Args) -> anyhow::Result<ExitCode> {
         pids: args.pids.clone(),
         ports: args.ports.clone(),
         loopback_dedup: args.loopback_dedup,
+        ring_buffer_bytes: args.ring_buffer,
         ..CaptureConfig::default()
     };
     let mut capture = Capture::start(config).context("cannot start the eBPF capture")?;

@@ -145,7 +145,7 @@ pub(crate) fn parse_duration(s: &str) -> Result<u64, String> {
 }
 
 /// `1MiB`, `64KiB`, `10k`, `512` → bytes (> 0).
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (n, unit) = t.split_at(split);
