@@ -183,7 +183,11 @@ struct conn {
 	__u8 allowed;       /* filters let this connection through (at `gen`, for `ok_tgid`) */
 	__u8 lo;            /* a client end with a loopback peer */
 	__u8 other_path[2]; /* bytes were moved by another path, per direction */
-	__u8 _pad[6];
+	__u8 lo_srv;        /* dedup: a server end with a loopback peer (its changes bump lo_epoch) */
+	__u8 dec;           /* dedup, client ends: peer_copies() per direction, bit d valid, bit 2+d value */
+	__u8 _pad[4];
+	__u32 dec_epoch;    /* the lo_epoch and config generation `dec` was decided at */
+	__u32 dec_gen;
 };
 
 struct dt_config {
@@ -270,6 +274,16 @@ struct {
 	__type(value, __u64);
 } lo_servers SEC(".maps");
 
+/* Loopback dedup: bumped after every change of a loopback server end that can change what its
+ * client end decides (established, stored, announced, allowed, another path, closed), so a
+ * client end reuses its last decision, without looking its server end up, until it moves. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lo_epoch SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
@@ -353,6 +367,15 @@ static __always_inline struct dt_config *get_config(void)
 {
 	__u32 zero = 0;
 	return bpf_map_lookup_elem(&config, &zero);
+}
+
+/* Loopback dedup: a server end changed (after the change: see lo_epoch). */
+static __always_inline void lo_bump(void)
+{
+	__u32 zero = 0;
+	__u64 *e = bpf_map_lookup_elem(&lo_epoch, &zero);
+	if (e)
+		__sync_fetch_and_add(e, 1);
 }
 
 /* In-kernel process filter: never ourselves, then the optional pid and cgroup allow-lists. */
@@ -462,6 +485,8 @@ static __always_inline int announce(struct conn *c, struct sock *sk, __u32 tgid,
 	if (emit_open(c, sk, tgid, fd))
 		return 0;
 	c->announced = 1;
+	if (c->lo_srv)
+		lo_bump();
 	return 1;
 }
 
@@ -538,9 +563,12 @@ static __always_inline struct conn *new_conn(struct dt_config *cfg, __u32 tgid, 
 		nc.role = *role;
 		bpf_map_delete_elem(&roles, &skp);
 	}
-	if (nc.role == DT_ROLE_CLIENT && cfg->v[DT_CFG_LOOPBACK_DEDUP]) {
+	if (cfg->v[DT_CFG_LOOPBACK_DEDUP] && nc.role != DT_ROLE_UNKNOWN) {
 		struct dt_tuple t;
-		nc.lo = sk_tuple(sk, &t, 0);
+		if (nc.role == DT_ROLE_CLIENT)
+			nc.lo = sk_tuple(sk, &t, 0);
+		else
+			nc.lo_srv = sk_tuple(sk, &t, 0);
 	}
 	if (bpf_map_update_elem(&conns, &skp, &nc, BPF_NOEXIST)) {
 		/* Another CPU stored it first (or the table is full): use what is there. */
@@ -549,6 +577,8 @@ static __always_inline struct conn *new_conn(struct dt_config *cfg, __u32 tgid, 
 			count(DT_ST_CONN_FULL, 1);
 		return c;
 	}
+	if (nc.lo_srv)
+		lo_bump();
 	return bpf_map_lookup_elem(&conns, &skp);
 }
 
@@ -562,10 +592,8 @@ static __always_inline struct conn *new_conn(struct dt_config *cfg, __u32 tgid, 
  * a duplicate, never a loss (limit: a server whose very first bytes on the connection are
  * read by splice is not seen at all, so what the client sent before is lost, uncounted).
  */
-static __always_inline int peer_copies(struct dt_config *cfg, struct conn *c, __u64 skp, __u8 dir)
+static __always_inline int peer_decide(struct dt_config *cfg, struct conn *c, __u64 skp, __u8 dir)
 {
-	if (!c->lo || !cfg->v[DT_CFG_LOOPBACK_DEDUP])
-		return 0;
 	if (!c->peer) {
 		struct dt_tuple t;
 		sk_tuple((struct sock *)skp, &t, 1);
@@ -590,6 +618,32 @@ static __always_inline int peer_copies(struct dt_config *cfg, struct conn *c, __
 	 * was then sent some other way (or by a filtered-out process): copy it here. What this
 	 * end sends, the server end reads later and copies. */
 	return dir == DT_DIR_SEND && !cfg->v[DT_CFG_FILTER_PIDS] && !cfg->v[DT_CFG_FILTER_CGROUPS];
+}
+
+/* peer_decide(), reused while neither lo_epoch nor the config moved (the epoch is read before
+ * the server end's state, which its writers change before they bump it). */
+static __always_inline int peer_copies(struct dt_config *cfg, struct conn *c, __u64 skp, __u8 dir)
+{
+	if (!c->lo || !cfg->v[DT_CFG_LOOPBACK_DEDUP])
+		return 0;
+	__u32 zero = 0;
+	__u64 *ep = bpf_map_lookup_elem(&lo_epoch, &zero);
+	if (!ep)
+		return peer_decide(cfg, c, skp, dir);
+	__u32 epoch = (__u32)*ep;
+	__u32 gen = cfg->v[DT_CFG_GEN];
+	dir &= 1;
+	if (c->dec_epoch == epoch && c->dec_gen == gen) {
+		if (c->dec & (1 << dir))
+			return (c->dec >> (2 + dir)) & 1;
+	} else {
+		c->dec = 0;
+		c->dec_epoch = epoch;
+		c->dec_gen = gen;
+	}
+	int yes = peer_decide(cfg, c, skp, dir) ? 1 : 0;
+	c->dec |= (1 << dir) | (yes << (2 + dir));
+	return yes;
 }
 
 /* Loopback dedup: `n` bytes at `pos` left to the server end (one run per direction). */
@@ -727,35 +781,38 @@ __noinline __u64 dt_emit_range(__u64 pos, __u64 src, __u64 len)
  * Vectored I/O of at most SZ bytes (`left`) in one data event: every iovec piece is copied
  * into one ring record, so a writev of a header and a body costs one reserve/submit, not one
  * per piece. Every piece must start in the first DT_GATHER_HEAD bytes (a header, then a
- * body: nginx's and most servers' writev): the verifier bounds a piece's offset and length
+ * body: nginx's and most servers' writev), and there be at most DT_GATHER_IOV pieces (their
+ * iovecs are read in one copy): the verifier bounds a piece's offset and length
  * separately, so the record is HDR + DT_GATHER_HEAD + SZ. Returns the bytes copied (all of
  * `left`), or -1 when the caller should copy piece by piece (pieces further in, no room in
  * the ring, an unreadable iovec or piece: that path reports those exactly). Global, verified
  * once per class.
  */
 #define DT_GATHER_HEAD 512
+#define DT_GATHER_IOV 4 /* iovecs read at once (one helper call); more: piece by piece */
 #define DT_GATHER(SZ)                                                                     \
 	__noinline int dt_gather_##SZ(__u64 pos, __u64 iovp, __u64 n_iov, __u64 left)    \
 	{                                                                                 \
 		__u32 zero = 0;                                                           \
 		struct dt_emit_ctx *x = bpf_map_lookup_elem(&emit_ctx, &zero);            \
 		struct dt_stats *st = get_stats();                                        \
-		if (!x || !st || left > (SZ))                                             \
+		if (!x || !st || left > (SZ) || n_iov > DT_GATHER_IOV || n_iov == 0)        \
+			return -1;                                                        \
+		struct dt_iovec iovs[DT_GATHER_IOV];                                      \
+		if (bpf_probe_read_user(iovs, n_iov * sizeof(struct dt_iovec),            \
+					(void *)iovp))                                    \
 			return -1;                                                        \
 		struct dt_data_event *e = bpf_ringbuf_reserve(                            \
 			&events, DT_DATA_HDR + DT_GATHER_HEAD + (SZ), 0);                 \
 		if (!e)                                                                   \
 			return -1;                                                        \
 		__u64 off = 0;                                                            \
-		for (int j = 0; j < DT_IOV_MAX; j++) {                                    \
+		for (int j = 0; j < DT_GATHER_IOV; j++) {                                 \
 			if (j >= n_iov || off >= left)                                    \
 				break;                                                    \
 			if (off >= DT_GATHER_HEAD)                                        \
 				goto fail;                                                \
-			struct dt_iovec iov;                                              \
-			if (bpf_probe_read_user(&iov, sizeof(iov),                        \
-						(void *)(iovp + j * sizeof(iov))))        \
-				goto fail;                                                \
+			struct dt_iovec iov = iovs[j];                                    \
 			__u64 n = left - off;                                             \
 			if (iov.len < n)                                                  \
 				n = iov.len;                                              \
@@ -795,9 +852,12 @@ static __always_inline int conn_allowed(struct dt_config *cfg, struct conn *c, _
 {
 	__u32 gen = cfg->v[DT_CFG_GEN];
 	if (c->gen != gen || c->ok_tgid != tgid) {
+		__u8 was = c->allowed;
 		c->allowed = tgid_allowed(cfg, tgid) && ports_allowed(cfg, c->lport, c->rport);
 		c->ok_tgid = tgid;
 		c->gen = gen;
+		if (c->lo_srv && c->allowed != was)
+			lo_bump();
 	}
 	return c->allowed;
 }
@@ -935,7 +995,11 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 				mute(c, dir, p, ret);
 				return;
 			}
-			c->other_path[dir] = 1;
+			if (!c->other_path[dir]) {
+				c->other_path[dir] = 1;
+				if (c->lo_srv)
+					lo_bump();
+			}
 			count(DT_ST_OTHER_PATH, ret);
 			if (ports_allowed(cfg, c->lport, c->rport)) {
 				unmute(c, tgid, dir, p);
@@ -1049,8 +1113,10 @@ int dt_sock_state(struct bpf_raw_tracepoint_args *ctx)
 		if (role == DT_ROLE_SERVER) {
 			struct dt_config *cfg = get_config();
 			struct dt_tuple t;
-			if (cfg && cfg->v[DT_CFG_LOOPBACK_DEDUP] && sk_tuple((struct sock *)sk, &t, 0))
+			if (cfg && cfg->v[DT_CFG_LOOPBACK_DEDUP] && sk_tuple((struct sock *)sk, &t, 0)) {
 				bpf_map_update_elem(&lo_servers, &t, &sk, BPF_ANY);
+				lo_bump();
+			}
 		}
 	} else if (newstate == TCP_CLOSE) {
 		struct conn *c = bpf_map_lookup_elem(&conns, &sk);
@@ -1062,13 +1128,17 @@ int dt_sock_state(struct bpf_raw_tracepoint_args *ctx)
 				if (sk_tuple((struct sock *)sk, &t, 0))
 					bpf_map_delete_elem(&lo_servers, &t);
 			}
+			__u8 lo_srv = c->lo_srv;
 			bpf_map_delete_elem(&conns, &sk);
+			if (lo_srv)
+				lo_bump();
 		} else {
 			bpf_map_delete_elem(&skipped, &sk);
 			struct dt_config *cfg = get_config();
 			struct dt_tuple t;
-			if (cfg && cfg->v[DT_CFG_LOOPBACK_DEDUP] && sk_tuple((struct sock *)sk, &t, 0))
-				bpf_map_delete_elem(&lo_servers, &t);
+			if (cfg && cfg->v[DT_CFG_LOOPBACK_DEDUP] && sk_tuple((struct sock *)sk, &t, 0) &&
+			    !bpf_map_delete_elem(&lo_servers, &t))
+				lo_bump();
 		}
 		bpf_map_delete_elem(&roles, &sk);
 	}
