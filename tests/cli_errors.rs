@@ -78,6 +78,8 @@ fn wrong_flags_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     for args in [
         &["capture", "--bogus"][..],
+        &["capture", "--ring-buffer", "2GiB"],
+        &["capture", "--ring-buffer", "lots"],
         &["replay"],
         &["no-such-command"],
         &["topology", "--format", "svg"],

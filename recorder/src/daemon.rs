@@ -267,6 +267,20 @@ mod tests {
             toml::from_str("loopback_dedup = false\ncapture_ports = [80, 6379]\n").expect("parses");
         assert!(!off.capture_config().loopback_dedup);
         assert_eq!(off.capture_config().ports, [80, 6379]);
+        assert_eq!(
+            cfg.capture_config().ring_buffer_bytes,
+            16 << 20,
+            "16 MiB by default"
+        );
+        let ring: RecorderConfig = toml::from_str("ring_buffer_kib = 65536\n").expect("parses");
+        assert_eq!(ring.capture_config().ring_buffer_bytes, 64 << 20);
+        let huge: RecorderConfig =
+            toml::from_str("ring_buffer_kib = 4294967295\n").expect("parses");
+        assert_eq!(
+            huge.capture_config().ring_buffer_bytes,
+            1 << 30,
+            "clamped to 1 GiB, no overflow"
+        );
     }
 
     #[test]
