@@ -87,6 +87,7 @@ enum dt_stat_slot {
 	DT_ST_CONTROL_LOST = 8,    /* open/close/gap events that found no room */
 	DT_ST_OTHER_PATH = 9,      /* bytes of known connections moved by an unsupported path */
 	DT_ST_DEDUP_BYTES = 10,    /* loopback dedup: client-end bytes left to the server end */
+	DT_ST_AFTER_CLOSE = 11,    /* bytes on a sock already closed, with no tracked connection */
 	DT_ST_SLOTS = 16,
 };
 

@@ -65,6 +65,7 @@ struct sock_common {
 	__u16 skc_dport;
 	__u16 skc_num;
 	unsigned short skc_family;
+	unsigned char skc_state;
 	struct in6_addr skc_v6_daddr;
 	struct in6_addr skc_v6_rcv_saddr;
 } __attribute__((preserve_access_index));
@@ -535,16 +536,27 @@ static __always_inline int sk_tuple(struct sock *sk, struct dt_tuple *t, int rev
  * at position 0). Announced by the caller.
  */
 static __always_inline struct conn *new_conn(struct dt_config *cfg, __u32 tgid, __u32 fd,
-					     __u64 skp)
+					     __u64 skp, __u64 len)
 {
 	struct sock *sk = (struct sock *)skp;
 	struct conn nc = {};
 	__u32 zero = 0;
+	/* A sock already closed (e.g. a request read after the peer's reset): its TCP_CLOSE event
+	 * has passed, so an entry made now would outlive it, and the next sock the allocator puts
+	 * at this address would inherit it (filtered out, or appended to a stale connection).
+	 * Not tracked; its bytes are counted. */
+	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_CLOSE) {
+		count(DT_ST_AFTER_CLOSE, len);
+		return 0;
+	}
 	nc.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	nc.rport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	__u32 gen = cfg->v[DT_CFG_GEN];
 	if (!ports_allowed(cfg, nc.lport, nc.rport)) {
 		bpf_map_update_elem(&skipped, &skp, &gen, BPF_ANY);
+		/* Closed in the meantime (on another CPU, after the check above): undo. */
+		if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_CLOSE)
+			bpf_map_delete_elem(&skipped, &skp);
 		return 0;
 	}
 	__u64 *ids = bpf_map_lookup_elem(&next_id, &zero);
@@ -579,6 +591,12 @@ static __always_inline struct conn *new_conn(struct dt_config *cfg, __u32 tgid, 
 	}
 	if (nc.lo_srv)
 		lo_bump();
+	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_CLOSE) {
+		/* Closed in the meantime: its close event has passed; undo (nothing announced). */
+		bpf_map_delete_elem(&conns, &skp);
+		count(DT_ST_AFTER_CLOSE, len);
+		return 0;
+	}
 	return bpf_map_lookup_elem(&conns, &skp);
 }
 
@@ -1009,7 +1027,7 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 		return;
 	}
 	if (!c) {
-		c = new_conn(cfg, tgid, fd, skp);
+		c = new_conn(cfg, tgid, fd, skp, ret);
 		if (!c)
 			return;
 	}

@@ -143,6 +143,9 @@ pub mod stat {
     pub const OTHER_PATH: u32 = 9;
     /// Loopback dedup: bytes a client end did not copy because its server end has them.
     pub const DEDUP_BYTES: u32 = 10;
+    /// Bytes moved on a sock already closed that no tracked connection had (e.g. a request
+    /// read after the peer's reset): not captured.
+    pub const AFTER_CLOSE: u32 = 11;
 }
 /// Number of stats slots (`struct dt_stats`: the per-CPU `stats` map's one value).
 pub const STAT_SLOTS: u32 = 16;

@@ -423,6 +423,8 @@ pub struct CaptureCounters {
     /// Open, close and gap events lost for want of ring-buffer room (no connection to
     /// charge them to).
     pub control_events_lost: u64,
+    /// Bytes on a socket already closed that no tracked connection had (not captured).
+    pub after_close_bytes: u64,
     /// Records for a connection whose open event was lost (dropped in user space).
     pub orphan_records: u64,
     /// Records too short or of an unknown kind (dropped).
@@ -443,6 +445,7 @@ impl From<CaptureStats> for CaptureCounters {
             other_path_bytes: s.kernel.other_path_bytes,
             conn_table_full: s.kernel.conn_table_full,
             control_events_lost: s.kernel.control_events_lost,
+            after_close_bytes: s.kernel.after_close_bytes,
             orphan_records: s.orphan_records,
             bad_records: s.bad_records,
         }

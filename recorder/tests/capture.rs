@@ -186,6 +186,35 @@ fn sendfile_exchange(c: i32, s: i32, n: usize, recv: &str) {
     let _ = std::fs::remove_file(&path);
 }
 
+/// A connection on `l` whose client resets it (`SO_LINGER` 0) with 100 bytes unread; the
+/// server end then reads them, on a sock already closed.
+fn read_after_reset(l: &TcpListener) {
+    let client = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+    let (server, _) = l.accept().expect("accept");
+    send_all(client.as_raw_fd(), &pattern(7, 100), "write");
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid fd and a `linger` of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            client.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::addr_of!(linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    check(rc as isize, "setsockopt SO_LINGER");
+    drop(client); // sends a reset: the server end is TCP_CLOSE now
+    let mut buf = [0u8; 100];
+    // SAFETY: reads into a buffer of the size passed.
+    let n = unsafe { libc::read(server.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert_eq!(n, 100, "the request is still readable after the reset");
+    drop(server);
+}
+
 /// Not a test of its own: the traffic generator the other tests run as a child process.
 #[test]
 fn child_traffic_helper() {
@@ -226,8 +255,12 @@ fn child_traffic_helper() {
     std::io::stdout().flush().expect("flush");
     let mut line = String::new();
     std::io::stdin().read_line(&mut line).expect("go");
+    let stale = std::env::var("DT_STALE").is_ok();
     for round in 0..rounds {
-        for l in &ls {
+        if stale {
+            read_after_reset(&ls[1]);
+        }
+        for l in if stale { &ls[..1] } else { &ls[..] } {
             let client = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
             let (server, _) = l.accept().expect("accept");
             let (c, s) = (client.as_raw_fd(), server.as_raw_fd());
@@ -400,8 +433,9 @@ async fn capture_child_with(
     );
     let stats = cap.stats();
     if !envs.iter().any(|(k, _)| k.starts_with("DT_SENDFILE")) {
+        // (Bytes read after a reset are counted as lost on purpose: checked by their test.)
         assert_eq!(
-            stats.kernel.lost_bytes(),
+            stats.kernel.lost_bytes() - stats.kernel.after_close_bytes,
             0,
             "kernel counted losses: {stats:?}"
         );
@@ -664,6 +698,31 @@ async fn a_port_filter_keeps_other_ports_out() {
             c.info
         );
     }
+}
+
+/// Bytes a process reads from a socket after its TCP_CLOSE (here a request read after the
+/// client's reset, on a port the filter keeps out) must leave nothing behind in the kernel:
+/// the sock's memory comes back as the next sock (same slab, same CPU), and an entry made
+/// after the close event used to outlive the sock and hide that next connection (seen as
+/// recorded exchanges silently missing under a load generator that resets connections).
+#[tokio::test]
+async fn a_sock_read_after_its_close_leaves_no_stale_entry() {
+    require_root!();
+    let rounds = 60;
+    let envs = [
+        ("DT_LISTENERS", "2".into()),
+        ("DT_STALE", "1".into()),
+        ("DT_ROUNDS", rounds.to_string()),
+    ];
+    let run = capture_child(&envs, 256 * 1024, |ports| vec![ports[0]]).await;
+    // Every connection on the captured port, both ends, exact.
+    assert_exact(&run, 1000, 1, 500, rounds);
+    assert_eq!(
+        run.stats.kernel.after_close_bytes,
+        100 * rounds as u64,
+        "the bytes read after the reset are counted: {:?}",
+        run.stats
+    );
 }
 
 /// A child with one connection and two exchanges on it, paused in between: the capture starts

@@ -257,7 +257,8 @@ fn print_stats(out: &mut impl std::io::Write, json: bool, s: &CaptureStats) -> s
         writeln!(
             out,
             "{} events, {} connections, {} bytes, {} gaps ({} bytes), {} bytes lost \
-             (over cap {}, ring buffer full {}, unreadable {}, sendfile/splice/io_uring {}), \
+             (over cap {}, ring buffer full {}, unreadable {}, sendfile/splice/io_uring {}, \
+             after close {}), \
              {} control events lost, {} bytes left to the server end (loopback dedup)",
             s.events,
             s.connections,
@@ -269,6 +270,7 @@ fn print_stats(out: &mut impl std::io::Write, json: bool, s: &CaptureStats) -> s
             s.kernel.ring_full_bytes,
             s.kernel.read_failed_bytes,
             s.kernel.other_path_bytes,
+            s.kernel.after_close_bytes,
             s.kernel.control_events_lost,
             s.dedup_bytes,
         )

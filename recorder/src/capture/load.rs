@@ -375,6 +375,7 @@ impl Capture {
                     control_events_lost: get(abi::stat::CONTROL_LOST),
                     other_path_bytes: get(abi::stat::OTHER_PATH),
                     dedup_bytes: get(abi::stat::DEDUP_BYTES),
+                    after_close_bytes: get(abi::stat::AFTER_CLOSE),
                 };
             }
         }

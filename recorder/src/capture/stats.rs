@@ -23,13 +23,21 @@ pub struct KernelLosses {
     /// Not a loss: loopback dedup ([`crate::CaptureConfig::loopback_dedup`]) left these
     /// client-end bytes to the captured server end of the same connection.
     pub dedup_bytes: u64,
+    /// Bytes moved on a socket already closed that no tracked connection had (e.g. a
+    /// request read after the peer's reset): not captured, so that no kernel entry outlives
+    /// its socket.
+    pub after_close_bytes: u64,
 }
 
 impl KernelLosses {
     /// Payload bytes lost for any reason.
     #[must_use]
     pub fn lost_bytes(&self) -> u64 {
-        self.over_cap_bytes + self.ring_full_bytes + self.read_failed_bytes + self.other_path_bytes
+        self.over_cap_bytes
+            + self.ring_full_bytes
+            + self.read_failed_bytes
+            + self.other_path_bytes
+            + self.after_close_bytes
     }
 }
 
