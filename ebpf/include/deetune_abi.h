@@ -88,6 +88,8 @@ enum dt_stat_slot {
 	DT_ST_OTHER_PATH = 9,      /* bytes of known connections moved by an unsupported path */
 	DT_ST_DEDUP_BYTES = 10,    /* loopback dedup: client-end bytes left to the server end */
 	DT_ST_AFTER_CLOSE = 11,    /* bytes on a sock already closed, with no tracked connection */
+	DT_ST_STALE = 12,          /* connections whose close event was missed, closed when their
+	                            * sock's address came back as a new connection */
 	DT_ST_SLOTS = 16,
 };
 

@@ -1123,6 +1123,25 @@ int dt_sock_state(struct bpf_raw_tracepoint_args *ctx)
 	int oldstate = (int)ctx->args[1];
 	int newstate = (int)ctx->args[2];
 	if (newstate == TCP_ESTABLISHED) {
+		/* Entries a previous sock at this address left behind (its close event was missed:
+		 * the kernel skips a program run nested in itself on one CPU, e.g. a softirq's
+		 * state change while this program runs for another sock) go now, before this sock
+		 * moves a byte: otherwise it would be filtered out as the old one was, or its bytes
+		 * appended to the old connection. A conn of this very connection (TCP Fast Open data
+		 * before the handshake ended) has its ports and stays. */
+		bpf_map_delete_elem(&skipped, &sk);
+		struct conn *old = bpf_map_lookup_elem(&conns, &sk);
+		if (old && (old->lport != BPF_CORE_READ((struct sock *)sk, __sk_common.skc_num) ||
+			    old->rport != __builtin_bswap16(BPF_CORE_READ(
+						  (struct sock *)sk, __sk_common.skc_dport)))) {
+			if (old->announced)
+				emit_close(old);
+			__u8 lo_srv = old->lo_srv;
+			bpf_map_delete_elem(&conns, &sk);
+			if (lo_srv)
+				lo_bump();
+			count(DT_ST_STALE, 1);
+		}
 		__u8 role = oldstate == TCP_SYN_SENT  ? DT_ROLE_CLIENT
 			    : oldstate == TCP_SYN_RECV ? DT_ROLE_SERVER
 						       : DT_ROLE_UNKNOWN;

@@ -146,6 +146,9 @@ pub mod stat {
     /// Bytes moved on a sock already closed that no tracked connection had (e.g. a request
     /// read after the peer's reset): not captured.
     pub const AFTER_CLOSE: u32 = 11;
+    /// Connections whose close event the kernel skipped (a program run nested in itself),
+    /// closed when their sock's address came back as a new connection.
+    pub const STALE: u32 = 12;
 }
 /// Number of stats slots (`struct dt_stats`: the per-CPU `stats` map's one value).
 pub const STAT_SLOTS: u32 = 16;

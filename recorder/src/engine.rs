@@ -425,6 +425,9 @@ pub struct CaptureCounters {
     pub control_events_lost: u64,
     /// Bytes on a socket already closed that no tracked connection had (not captured).
     pub after_close_bytes: u64,
+    /// Connections whose close event the kernel skipped, closed when their sock's address
+    /// came back as a new connection.
+    pub missed_closes: u64,
     /// Records for a connection whose open event was lost (dropped in user space).
     pub orphan_records: u64,
     /// Records too short or of an unknown kind (dropped).
@@ -446,6 +449,7 @@ impl From<CaptureStats> for CaptureCounters {
             conn_table_full: s.kernel.conn_table_full,
             control_events_lost: s.kernel.control_events_lost,
             after_close_bytes: s.kernel.after_close_bytes,
+            missed_closes: s.kernel.missed_closes,
             orphan_records: s.orphan_records,
             bad_records: s.bad_records,
         }

@@ -376,6 +376,7 @@ impl Capture {
                     other_path_bytes: get(abi::stat::OTHER_PATH),
                     dedup_bytes: get(abi::stat::DEDUP_BYTES),
                     after_close_bytes: get(abi::stat::AFTER_CLOSE),
+                    missed_closes: get(abi::stat::STALE),
                 };
             }
         }

@@ -27,6 +27,10 @@ pub struct KernelLosses {
     /// request read after the peer's reset): not captured, so that no kernel entry outlives
     /// its socket.
     pub after_close_bytes: u64,
+    /// Not a loss: connections whose close event the kernel skipped (it does not run a
+    /// program nested in itself on one CPU), closed when their sock's address came back as a
+    /// new connection.
+    pub missed_closes: u64,
 }
 
 impl KernelLosses {
