@@ -125,9 +125,11 @@ impl RedisDecoder {
 
     fn on_request(&mut self, p: Parsed, ts: u64) {
         let (cmd, truncated, start) = match p {
-            Parsed::Inline { args, start_ts } => {
-                (RedisCommand { args, inline: true }, false, start_ts)
-            }
+            Parsed::Inline {
+                args,
+                truncated,
+                start_ts,
+            } => (RedisCommand { args, inline: true }, truncated, start_ts),
             Parsed::Value {
                 value,
                 truncated,

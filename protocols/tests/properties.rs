@@ -348,3 +348,25 @@ fn http_memory_stays_bounded_on_long_streams() {
         assert!(max > 0, "buffered_bytes reports what it holds");
     }
 }
+
+/// Found by `redis_no_panic_bounded_memory`: a 64 KiB inline line of tiny words (bytes
+/// between whitespace) made one command accounted at twice the memory bound; an inline
+/// command is now cut at the value budget like a multibulk one.
+#[test]
+fn redis_inline_line_of_many_tiny_words_stays_bounded() {
+    let garbage = vec![
+        0, 0, 14, 12, 14, 0, 0, 0, 11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 11, 0,
+        0, 0, 0, 0, 0, 14, 32, 14, 0,
+    ];
+    let ops = [
+        Op::Repeat(Direction::Request, vec![0; 5], 1360),
+        Op::Push(Direction::Request, b"GET / HTTP/1.1\r\n".to_vec()),
+        Op::Repeat(Direction::Request, garbage, 1548),
+        Op::Push(Direction::Request, b"%1\r\n+a\r\n:1\r\n".to_vec()),
+    ];
+    let out = run(Protocol::Redis, CONFIG, &ops);
+    assert!(
+        out.iter().any(|e| e.flags.truncated),
+        "the long inline command is flagged truncated"
+    );
+}

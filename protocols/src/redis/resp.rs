@@ -34,7 +34,12 @@ pub(super) enum Parsed {
         start_ts: u64,
     },
     /// An inline command (request side), split into words.
-    Inline { args: Vec<Payload>, start_ts: u64 },
+    Inline {
+        args: Vec<Payload>,
+        /// Words past the budget were cut or left out.
+        truncated: bool,
+        start_ts: u64,
+    },
 }
 
 /// The bytes were not RESP; `at` is the input offset after the offending line or byte.
@@ -215,15 +220,36 @@ impl RespParser {
     fn on_line(&mut self, line: &[u8], out: &mut Vec<Parsed>) -> Result<(), ()> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if self.side == Side::Request && self.stack.is_empty() && line.first() != Some(&b'*') {
-            let args: Vec<Payload> = line
+            // Within the budget like a multibulk command: each word costs its bytes plus
+            // VALUE_COST, and the words past the budget are cut (a line of many tiny words
+            // would otherwise cost far more than its bytes).
+            let mut args = Vec::new();
+            let mut room = self.budget;
+            let mut truncated = false;
+            for w in line
                 .split(u8::is_ascii_whitespace)
                 .filter(|w| !w.is_empty())
-                .map(Payload::from)
-                .collect();
+            {
+                if room <= VALUE_COST {
+                    truncated = true;
+                    break;
+                }
+                let keep = w.len().min(room - VALUE_COST);
+                args.push(Payload::from(&w[..keep]));
+                room -= keep + VALUE_COST;
+                if keep < w.len() {
+                    truncated = true;
+                    break;
+                }
+            }
             let start_ts = self.start_ts.take().unwrap_or_default();
             self.reset();
             if !args.is_empty() {
-                out.push(Parsed::Inline { args, start_ts });
+                out.push(Parsed::Inline {
+                    args,
+                    truncated,
+                    start_ts,
+                });
             }
             return Ok(());
         }
