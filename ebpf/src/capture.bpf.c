@@ -1115,6 +1115,17 @@ int dt_sock_recv(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
+/* Ends a stored connection: its close event (if user space knows it), then the entry. */
+static __always_inline void forget_conn(struct conn *c, __u64 sk)
+{
+	if (c->announced)
+		emit_close(c);
+	__u8 lo_srv = c->lo_srv;
+	bpf_map_delete_elem(&conns, &sk);
+	if (lo_srv)
+		lo_bump();
+}
+
 /* TP_PROTO(const struct sock *sk, const int oldstate, const int newstate). */
 SEC("raw_tracepoint/inet_sock_set_state")
 int dt_sock_state(struct bpf_raw_tracepoint_args *ctx)
@@ -1134,12 +1145,7 @@ int dt_sock_state(struct bpf_raw_tracepoint_args *ctx)
 		if (old && (old->lport != BPF_CORE_READ((struct sock *)sk, __sk_common.skc_num) ||
 			    old->rport != __builtin_bswap16(BPF_CORE_READ(
 						  (struct sock *)sk, __sk_common.skc_dport)))) {
-			if (old->announced)
-				emit_close(old);
-			__u8 lo_srv = old->lo_srv;
-			bpf_map_delete_elem(&conns, &sk);
-			if (lo_srv)
-				lo_bump();
+			forget_conn(old, sk);
 			count(DT_ST_STALE, 1);
 		}
 		__u8 role = oldstate == TCP_SYN_SENT  ? DT_ROLE_CLIENT
@@ -1158,17 +1164,12 @@ int dt_sock_state(struct bpf_raw_tracepoint_args *ctx)
 	} else if (newstate == TCP_CLOSE) {
 		struct conn *c = bpf_map_lookup_elem(&conns, &sk);
 		if (c) {
-			if (c->announced)
-				emit_close(c);
 			if (c->role == DT_ROLE_SERVER) {
 				struct dt_tuple t;
 				if (sk_tuple((struct sock *)sk, &t, 0))
 					bpf_map_delete_elem(&lo_servers, &t);
 			}
-			__u8 lo_srv = c->lo_srv;
-			bpf_map_delete_elem(&conns, &sk);
-			if (lo_srv)
-				lo_bump();
+			forget_conn(c, sk);
 		} else {
 			bpf_map_delete_elem(&skipped, &sk);
 			struct dt_config *cfg = get_config();
