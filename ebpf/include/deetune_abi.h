@@ -83,13 +83,12 @@ enum dt_stat_slot {
 	DT_ST_RB_FULL_BYTES = 4,   /* payload bytes of those */
 	DT_ST_READ_FAILED = 5,     /* bytes the kernel could not copy from user memory */
 	DT_ST_ACTIVE_FULL = 6,     /* unused since the socket-tracepoint capture (always 0) */
-	DT_ST_CONN_FULL = 7,       /* connections not tracked: `conns` map full */
+	DT_ST_CONN_FULL = 7,       /* connections not tracked: no memory for their socket storage */
 	DT_ST_CONTROL_LOST = 8,    /* open/close/gap events that found no room */
 	DT_ST_OTHER_PATH = 9,      /* bytes of known connections moved by an unsupported path */
 	DT_ST_DEDUP_BYTES = 10,    /* loopback dedup: client-end bytes left to the server end */
 	DT_ST_AFTER_CLOSE = 11,    /* bytes on a sock already closed, with no tracked connection */
-	DT_ST_STALE = 12,          /* connections whose close event was missed, closed when their
-	                            * sock's address came back as a new connection */
+	DT_ST_STALE = 12,          /* unused since connections live in socket storage (always 0) */
 	DT_ST_SLOTS = 16,
 };
 

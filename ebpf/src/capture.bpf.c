@@ -3,7 +3,7 @@
  * deetune socket capture, on socket tracepoints only (no syscall tracepoints, so processes
  * that do not move bytes on a socket pay nothing).
  *
- * raw_tracepoint/sock_send_length and sock_recv_length fire in sock_sendmsg_nosec /
+ * tp_btf/sock_send_length and sock_recv_length fire in sock_sendmsg_nosec /
  * sock_recvmsg_nosec, in the calling task, once the bytes were moved (for a receive, they are
  * already in the user buffer). The syscall's own arguments are in the task's user pt_regs
  * (orig_ax = syscall number, di/si/dx = arguments): for the 8 supported syscalls
@@ -13,10 +13,11 @@
  * what is not copied is reported as a gap and counted in `stats`. Bytes moved on a known
  * connection by any other path (sendfile, splice, io_uring, sendmmsg, kernel threads) are
  * reported as a gap (DT_GAP_OTHER_PATH) and counted.
- * Connections are keyed by the sock: a new sock behind an fd is a new connection. The first
+ * Connections live in the sock's BPF socket storage: a new sock behind an fd is a new
+ * connection, and nothing of a freed sock outlives it. The first
  * data event checks that the fd of the syscall names that sock (task->files->fdt->fd[fd]);
  * later events of the same (tgid, fd) skip the check.
- * raw_tracepoint/inet_sock_set_state gives the role (SYN_SENT -> ESTABLISHED: client,
+ * tp_btf/inet_sock_set_state gives the role (SYN_SENT -> ESTABLISHED: client,
  * SYN_RECV -> ESTABLISHED: server) and the end (-> CLOSE: close event).
  * x86_64 only (pt_regs layout and syscall numbers).
  */
@@ -170,8 +171,8 @@ struct dt_tuple {
 struct conn {
 	__u64 id;
 	__u64 pos[2];       /* next byte position per enum dt_dir */
-	__u64 peer;         /* dedup, loopback client ends: the server end's sock (0: unknown) */
-	__u64 peer_id;      /* dedup: the server end's conn id once seen in `conns` (0: not yet) */
+	__u64 peer;         /* dedup, loopback client ends: 1 once its server end was in lo_servers */
+	__u64 peer_id;      /* dedup: the server end's conn id once it had one (0: not yet) */
 	__u64 mute_from[2]; /* dedup: where the current run of uncopied bytes began (DT_NONE: none) */
 	__u32 tgid;         /* the (tgid, fd) last checked to name this sock */
 	__u32 fd;
@@ -186,7 +187,8 @@ struct conn {
 	__u8 other_path[2]; /* bytes were moved by another path, per direction */
 	__u8 lo_srv;        /* dedup: a server end with a loopback peer (its changes bump lo_epoch) */
 	__u8 dec;           /* dedup, client ends: peer_copies() per direction, bit d valid, bit 2+d value */
-	__u8 _pad[4];
+	__u8 skipped;       /* not a connection (id 0): the port filter keeps it out, at `gen` */
+	__u8 _pad[3];
 	__u32 dec_epoch;    /* the lo_epoch and config generation `dec` was decided at */
 	__u32 dec_gen;
 };
@@ -241,38 +243,36 @@ struct {
 	__type(value, struct dt_emit_ctx);
 } emit_ctx SEC(".maps");
 
-/* Captured connections by sock address; deleted when the sock reaches TCP_CLOSE. */
+/*
+ * Per-sock state in BPF socket storage (it lives and dies with the sock, so a new sock at a
+ * freed sock's address never inherits it, and no other traffic can evict it): the role learnt
+ * at TCP_ESTABLISHED (id 0: not a connection yet), a captured connection (id != 0), or a sock
+ * the port filter keeps out (`skipped`, with the config generation of that verdict).
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct conn);
 } conns SEC(".maps");
 
-/* Sockets the filters keep out, by sock address -> config generation of that verdict: kept
- * apart from `conns` so that other traffic never evicts a captured connection. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, __u32);
-} skipped SEC(".maps");
-
-/* Role learnt at TCP_ESTABLISHED, by sock address; consumed at the first data event. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, __u8);
-} roles SEC(".maps");
-
 /* Loopback dedup: server ends (accepted socks) of loopback connections by their tuple, from
- * TCP_ESTABLISHED to TCP_CLOSE; the client end looks its server end up by the reversed tuple. */
+ * TCP_ESTABLISHED to TCP_CLOSE, with what their client end needs to decide (a copy of the
+ * server end's own state, written where it changes); the client end looks it up by the
+ * reversed tuple. */
+struct lo_srv {
+	__u64 id; /* the server end's conn id (0: it has moved no bytes by a supported syscall) */
+	__u32 gen;
+	__u8 announced;
+	__u8 allowed;
+	__u8 other_path[2];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct dt_tuple);
-	__type(value, __u64);
+	__type(value, struct lo_srv);
 } lo_servers SEC(".maps");
 
 /* Loopback dedup: bumped after every change of a loopback server end that can change what its
@@ -478,19 +478,6 @@ static __always_inline int emit_open(struct conn *c, struct sock *sk, __u32 tgid
 	return 0;
 }
 
-/* Announces a stored connection not yet announced; returns whether it is announced now. */
-static __always_inline int announce(struct conn *c, struct sock *sk, __u32 tgid, __u32 fd)
-{
-	if (c->announced)
-		return 1;
-	if (emit_open(c, sk, tgid, fd))
-		return 0;
-	c->announced = 1;
-	if (c->lo_srv)
-		lo_bump();
-	return 1;
-}
-
 /* The tuple of `sk` as IPv6 addresses (IPv4 mapped); `rev` swaps local and remote. Returns
  * whether the remote end is a loopback address (127.0.0.0/8, ::1, ::ffff:127.x.y.z). */
 static __always_inline int sk_tuple(struct sock *sk, struct dt_tuple *t, int rev)
@@ -529,75 +516,116 @@ static __always_inline int sk_tuple(struct sock *sk, struct dt_tuple *t, int rev
 	return r.w[2] == 0 && r.w[3] == 0x01000000; /* ::1 */
 }
 
+/* The socket storage of `sk` (its role, its connection or its skipped verdict), or 0. */
+static __always_inline struct conn *sk_conn(struct sock *sk)
+{
+	return bpf_sk_storage_get(&conns, sk, 0, 0);
+}
+
+static __always_inline int sk_closed(struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_CLOSE;
+}
+
+/* Loopback dedup: the server end `c` (sock `sk`) changed: its copy in lo_servers first, then
+ * the epoch (client ends read the epoch before the copy). */
+static __always_inline void lo_sync(struct conn *c, struct sock *sk)
+{
+	struct dt_tuple t;
+	if (sk_tuple(sk, &t, 0)) {
+		struct lo_srv *s = bpf_map_lookup_elem(&lo_servers, &t);
+		if (s) {
+			s->gen = c->gen;
+			s->announced = c->announced;
+			s->allowed = c->allowed;
+			s->other_path[0] = c->other_path[0];
+			s->other_path[1] = c->other_path[1];
+			s->id = c->id;
+		}
+	}
+	lo_bump();
+}
+
+/* Announces a stored connection not yet announced; returns whether it is announced now. */
+static __always_inline int announce(struct conn *c, struct sock *sk, __u32 tgid, __u32 fd)
+{
+	if (c->announced)
+		return 1;
+	if (emit_open(c, sk, tgid, fd))
+		return 0;
+	c->announced = 1;
+	if (c->lo_srv)
+		lo_sync(c, sk);
+	return 1;
+}
+
 /*
- * A new connection for `skp`, first seen by (tgid, fd) (already checked to name it), stored in
- * `conns`; or 0 when its ports are filtered out: then remembered in `skipped` with the config
- * generation, so later data on it costs one lookup until the config changes (it then starts
- * at position 0). Announced by the caller.
+ * A new connection for `sk`, first seen by (tgid, fd) (already checked to name it), in its
+ * socket storage `st` (0: none yet; a role learnt at TCP_ESTABLISHED, or a skipped verdict of
+ * an older config); or 0 when its ports are filtered out: then the storage says so with the
+ * config generation, so later data on it costs one lookup until the config changes (it then
+ * starts at position 0). Announced by the caller.
  */
 static __always_inline struct conn *new_conn(struct dt_config *cfg, __u32 tgid, __u32 fd,
-					     __u64 skp, __u64 len)
+					     struct sock *sk, struct conn *st, __u64 len)
 {
-	struct sock *sk = (struct sock *)skp;
-	struct conn nc = {};
 	__u32 zero = 0;
 	/* A sock already closed (e.g. a request read after the peer's reset): its TCP_CLOSE event
-	 * has passed, so an entry made now would outlive it, and the next sock the allocator puts
-	 * at this address would inherit it (filtered out, or appended to a stale connection).
-	 * Not tracked; its bytes are counted. */
-	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_CLOSE) {
+	 * has passed, so user space would never see this connection end. Not tracked; its bytes
+	 * are counted. */
+	if (sk_closed(sk)) {
 		count(DT_ST_AFTER_CLOSE, len);
 		return 0;
 	}
-	nc.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	nc.rport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (!st) {
+		st = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!st) {
+			count(DT_ST_CONN_FULL, 1); /* no memory for the storage */
+			return 0;
+		}
+	}
+	if (st->id)
+		return st; /* another CPU made it a connection first */
+	__u16 lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	__u16 rport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	__u32 gen = cfg->v[DT_CFG_GEN];
-	if (!ports_allowed(cfg, nc.lport, nc.rport)) {
-		bpf_map_update_elem(&skipped, &skp, &gen, BPF_ANY);
-		/* Closed in the meantime (on another CPU, after the check above): undo. */
-		if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_CLOSE)
-			bpf_map_delete_elem(&skipped, &skp);
+	st->gen = gen;
+	if (!ports_allowed(cfg, lport, rport)) {
+		st->skipped = 1;
 		return 0;
 	}
 	__u64 *ids = bpf_map_lookup_elem(&next_id, &zero);
 	if (!ids)
 		return 0;
-	nc.id = __sync_fetch_and_add(ids, 1) + 1;
-	nc.tgid = tgid;
-	nc.fd = fd;
-	nc.gen = gen;
-	nc.ok_tgid = tgid;
-	nc.allowed = 1;
-	nc.mute_from[0] = DT_NONE;
-	nc.mute_from[1] = DT_NONE;
-	__u8 *role = bpf_map_lookup_elem(&roles, &skp);
-	if (role) {
-		nc.role = *role;
-		bpf_map_delete_elem(&roles, &skp);
-	}
-	if (cfg->v[DT_CFG_LOOPBACK_DEDUP] && nc.role != DT_ROLE_UNKNOWN) {
+	__u64 id = __sync_fetch_and_add(ids, 1) + 1;
+	st->skipped = 0;
+	st->lport = lport;
+	st->rport = rport;
+	st->tgid = tgid;
+	st->fd = fd;
+	st->ok_tgid = tgid;
+	st->allowed = 1;
+	st->mute_from[0] = DT_NONE;
+	st->mute_from[1] = DT_NONE;
+	if (cfg->v[DT_CFG_LOOPBACK_DEDUP] && st->role != DT_ROLE_UNKNOWN) {
 		struct dt_tuple t;
-		if (nc.role == DT_ROLE_CLIENT)
-			nc.lo = sk_tuple(sk, &t, 0);
+		if (st->role == DT_ROLE_CLIENT)
+			st->lo = sk_tuple(sk, &t, 0);
 		else
-			nc.lo_srv = sk_tuple(sk, &t, 0);
+			st->lo_srv = sk_tuple(sk, &t, 0);
 	}
-	if (bpf_map_update_elem(&conns, &skp, &nc, BPF_NOEXIST)) {
-		/* Another CPU stored it first (or the table is full): use what is there. */
-		struct conn *c = bpf_map_lookup_elem(&conns, &skp);
-		if (!c)
-			count(DT_ST_CONN_FULL, 1);
-		return c;
-	}
-	if (nc.lo_srv)
-		lo_bump();
-	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_CLOSE) {
-		/* Closed in the meantime: its close event has passed; undo (nothing announced). */
-		bpf_map_delete_elem(&conns, &skp);
+	if (__sync_val_compare_and_swap(&st->id, 0, id) != 0)
+		return st; /* another CPU made it a connection in the meantime */
+	if (sk_closed(sk)) {
+		/* Closed in the meantime (on another CPU): its close event has passed; undo
+		 * (nothing announced). */
+		bpf_sk_storage_delete(&conns, sk);
 		count(DT_ST_AFTER_CLOSE, len);
 		return 0;
 	}
-	return bpf_map_lookup_elem(&conns, &skp);
+	if (st->lo_srv)
+		lo_sync(st, sk);
+	return st;
 }
 
 /*
@@ -609,28 +637,28 @@ static __always_inline struct conn *new_conn(struct dt_config *cfg, __u32 tgid, 
  * process out (the port filter treats both ends alike). In every other case this end copies:
  * a duplicate, never a loss (limit: a server whose very first bytes on the connection are
  * read by splice is not seen at all, so what the client sent before is lost, uncounted).
+ * The server end's state comes from its lo_servers entry (its tuple is this end's, reversed).
  */
-static __always_inline int peer_decide(struct dt_config *cfg, struct conn *c, __u64 skp, __u8 dir)
+static __always_inline int peer_decide(struct dt_config *cfg, struct conn *c, struct sock *sk,
+				       __u8 dir)
 {
-	if (!c->peer) {
-		struct dt_tuple t;
-		sk_tuple((struct sock *)skp, &t, 1);
-		__u64 *p = bpf_map_lookup_elem(&lo_servers, &t);
-		if (!p)
-			return 0; /* server end not established (yet), or not on this host */
-		c->peer = *p;
-	}
-	struct conn *s = bpf_map_lookup_elem(&conns, &c->peer);
-	/* The same connection: a freed sock's address can come back as another socket. */
-	if (s && (c->peer_id ? s->id == c->peer_id
-			     : s->lport == c->rport && s->rport == c->lport)) {
-		c->peer_id = s->id;
-		return s->announced && s->allowed && s->gen == cfg->v[DT_CFG_GEN] &&
-		       !s->other_path[dir ^ 1];
+	struct dt_tuple t;
+	sk_tuple(sk, &t, 1);
+	struct lo_srv *s = bpf_map_lookup_elem(&lo_servers, &t);
+	if (!s && !c->peer)
+		return 0; /* server end not established (yet), or not on this host */
+	if (s) {
+		c->peer = 1;
+		/* The same connection: a tuple can come back for another one. */
+		if (s->id && (!c->peer_id || s->id == c->peer_id)) {
+			c->peer_id = s->id;
+			return s->announced && s->allowed && s->gen == cfg->v[DT_CFG_GEN] &&
+			       !s->other_path[dir ^ 1];
+		}
 	}
 	if (c->peer_id)
-		/* The server end closed (its sock is gone): what this end still moves was sent
-		 * before that (copied there) or is never read. Keep the last decision. */
+		/* The server end closed: what this end still moves was sent before that (copied
+		 * there) or is never read. Keep the last decision. */
 		return c->mute_from[dir] != DT_NONE;
 	/* The server end has moved no bytes by a supported syscall yet. What this end receives
 	 * was then sent some other way (or by a filtered-out process): copy it here. What this
@@ -640,14 +668,15 @@ static __always_inline int peer_decide(struct dt_config *cfg, struct conn *c, __
 
 /* peer_decide(), reused while neither lo_epoch nor the config moved (the epoch is read before
  * the server end's state, which its writers change before they bump it). */
-static __always_inline int peer_copies(struct dt_config *cfg, struct conn *c, __u64 skp, __u8 dir)
+static __always_inline int peer_copies(struct dt_config *cfg, struct conn *c, struct sock *sk,
+				       __u8 dir)
 {
 	if (!c->lo || !cfg->v[DT_CFG_LOOPBACK_DEDUP])
 		return 0;
 	__u32 zero = 0;
 	__u64 *ep = bpf_map_lookup_elem(&lo_epoch, &zero);
 	if (!ep)
-		return peer_decide(cfg, c, skp, dir);
+		return peer_decide(cfg, c, sk, dir);
 	__u32 epoch = (__u32)*ep;
 	__u32 gen = cfg->v[DT_CFG_GEN];
 	dir &= 1;
@@ -659,7 +688,7 @@ static __always_inline int peer_copies(struct dt_config *cfg, struct conn *c, __
 		c->dec_epoch = epoch;
 		c->dec_gen = gen;
 	}
-	int yes = peer_decide(cfg, c, skp, dir) ? 1 : 0;
+	int yes = peer_decide(cfg, c, sk, dir) ? 1 : 0;
 	c->dec |= (1 << dir) | (yes << (2 + dir));
 	return yes;
 }
@@ -866,34 +895,36 @@ DT_GATHER(3072)
 DT_GATHER(4096)
 
 /* Whether the filters let `c` through for `tgid`, cached per config generation. */
-static __always_inline int conn_allowed(struct dt_config *cfg, struct conn *c, __u32 tgid)
+static __always_inline int conn_allowed(struct dt_config *cfg, struct conn *c, __u32 tgid,
+					struct sock *sk)
 {
 	__u32 gen = cfg->v[DT_CFG_GEN];
 	if (c->gen != gen || c->ok_tgid != tgid) {
 		__u8 was = c->allowed;
+		__u32 was_gen = c->gen;
 		c->allowed = tgid_allowed(cfg, tgid) && ports_allowed(cfg, c->lport, c->rport);
 		c->ok_tgid = tgid;
 		c->gen = gen;
-		if (c->lo_srv && c->allowed != was)
-			lo_bump();
+		if (c->lo_srv && (c->allowed != was || gen != was_gen))
+			lo_sync(c, sk);
 	}
 	return c->allowed;
 }
 
 /*
- * A process the pid/cgroup filters keep out moved `ret` bytes on socket `skp`. On a captured
+ * A process the pid/cgroup filters keep out moved `ret` bytes on socket `sk`. On a captured
  * connection (a socket shared with an allowed process, or a filter changed at run time) the
  * position still moves, so user space sees the bytes it did not get as a gap rather than a
  * stream silently missing them; on any other socket this costs one lookup.
  */
-static __always_inline void filtered_out(__u64 skp, int ret, __u8 dir)
+static __always_inline void filtered_out(struct sock *sk, int ret, __u8 dir)
 {
-	struct conn *c = bpf_map_lookup_elem(&conns, &skp);
-	if (c)
+	struct conn *c = sk_conn(sk);
+	if (c && c->id)
 		__sync_fetch_and_add(&c->pos[dir & 1], (__u64)ret);
 }
 
-static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
+static __always_inline void on_data(struct sock *sk, int ret, int flags, __u8 dir)
 {
 	if (ret <= 0)
 		return;
@@ -922,31 +953,30 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 				v->gen = gen;
 			}
 			if (!v->allowed) {
-				filtered_out(skp, ret, dir);
+				filtered_out(sk, ret, dir);
 				return;
 			}
 		} else if (!tgid_allowed(cfg, tgid)) {
-			filtered_out(skp, ret, dir);
+			filtered_out(sk, ret, dir);
 			return;
 		}
 	}
-	struct conn *c = bpf_map_lookup_elem(&conns, &skp);
-	if (!c) {
-		__u32 *gen = bpf_map_lookup_elem(&skipped, &skp);
-		if (gen) {
-			if (*gen == (__u32)cfg->v[DT_CFG_GEN])
-				return; /* a known socket the port filter keeps out */
-			bpf_map_delete_elem(&skipped, &skp);
-		} else if (!is_tcp((struct sock *)skp)) {
-			return;
-		}
+	struct conn *st = sk_conn(sk); /* the sock's storage: a connection, a role, a verdict */
+	struct conn *c = 0;
+	if (st) {
+		if (st->id)
+			c = st;
+		else if (st->skipped && st->gen == (__u32)cfg->v[DT_CFG_GEN])
+			return; /* a known socket the port filter keeps out */
 	}
+	if (!c && !is_tcp(sk))
+		return;
 
 	/* Loopback dedup, fast path: a known client end whose server end copies these bytes only
 	 * moves its position, whichever syscall moved them (the slow path below comes to the same
 	 * on both of its branches), so it skips reading the syscall's registers. */
-	if (c && c->lo && c->announced && conn_allowed(cfg, c, tgid) &&
-	    peer_copies(cfg, c, skp, dir)) {
+	if (c && c->lo && c->announced && conn_allowed(cfg, c, tgid, sk) &&
+	    peer_copies(cfg, c, sk, dir)) {
 		mute(c, dir, __sync_fetch_and_add(&c->pos[dir], (__u64)ret), ret);
 		return;
 	}
@@ -997,7 +1027,7 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 	}
 	/* A supported syscall on this very socket? Checked once per (tgid, fd) and sock. */
 	if (syscall && (!c || c->tgid != tgid || c->fd != (__u32)fd)) {
-		if (!fd_is_sock(task, fd, skp))
+		if (!fd_is_sock(task, fd, (__u64)sk))
 			syscall = 0;
 		else if (c) {
 			c->tgid = tgid;
@@ -1009,14 +1039,14 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 		 * (or, on a deduplicated loopback client end, bytes its server end copies). */
 		if (c && c->announced) {
 			__u64 p = __sync_fetch_and_add(&c->pos[dir], (__u64)ret);
-			if (peer_copies(cfg, c, skp, dir)) {
+			if (peer_copies(cfg, c, sk, dir)) {
 				mute(c, dir, p, ret);
 				return;
 			}
 			if (!c->other_path[dir]) {
 				c->other_path[dir] = 1;
 				if (c->lo_srv)
-					lo_bump();
+					lo_sync(c, sk);
 			}
 			count(DT_ST_OTHER_PATH, ret);
 			if (ports_allowed(cfg, c->lport, c->rport)) {
@@ -1027,17 +1057,17 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 		return;
 	}
 	if (!c) {
-		c = new_conn(cfg, tgid, fd, skp, ret);
+		c = new_conn(cfg, tgid, fd, sk, st, ret);
 		if (!c)
 			return;
 	}
-	if (!announce(c, (struct sock *)skp, tgid, fd))
+	if (!announce(c, sk, tgid, fd))
 		return;
 	__u64 total = ret;
 	__u64 pos0 = __sync_fetch_and_add(&c->pos[dir], total);
-	if (!conn_allowed(cfg, c, tgid))
+	if (!conn_allowed(cfg, c, tgid, sk))
 		return; /* filtered out after the connection was first seen */
-	if (peer_copies(cfg, c, skp, dir)) {
+	if (peer_copies(cfg, c, sk, dir)) {
 		mute(c, dir, pos0, total);
 		return;
 	}
@@ -1100,85 +1130,82 @@ static __always_inline void on_data(__u64 skp, int ret, int flags, __u8 dir)
 	}
 }
 
-/* TP_PROTO(struct sock *sk, int ret, int flags); the int arguments are zero-extended. */
-SEC("raw_tracepoint/sock_send_length")
-int dt_sock_send(struct bpf_raw_tracepoint_args *ctx)
+/* TP_PROTO(struct sock *sk, int ret, int flags): BTF-typed (tp_btf), so `sk` is a sock pointer
+ * the verifier knows, usable with socket storage. */
+SEC("tp_btf/sock_send_length")
+int dt_sock_send(__u64 *ctx)
 {
-	on_data(ctx->args[0], (int)ctx->args[1], (int)ctx->args[2], DT_DIR_SEND);
+	on_data((struct sock *)ctx[0], (int)ctx[1], (int)ctx[2], DT_DIR_SEND);
 	return 0;
 }
 
-SEC("raw_tracepoint/sock_recv_length")
-int dt_sock_recv(struct bpf_raw_tracepoint_args *ctx)
+SEC("tp_btf/sock_recv_length")
+int dt_sock_recv(__u64 *ctx)
 {
-	on_data(ctx->args[0], (int)ctx->args[1], (int)ctx->args[2], DT_DIR_RECV);
+	on_data((struct sock *)ctx[0], (int)ctx[1], (int)ctx[2], DT_DIR_RECV);
 	return 0;
 }
 
-/* Ends a stored connection: its close event (if user space knows it), then the entry. */
-static __always_inline void forget_conn(struct conn *c, __u64 sk)
+/* Ends a stored connection: its close event (if user space knows it), then its storage. */
+static __always_inline void forget_conn(struct conn *c, struct sock *sk)
 {
 	if (c->announced)
 		emit_close(c);
 	__u8 lo_srv = c->lo_srv;
-	bpf_map_delete_elem(&conns, &sk);
+	bpf_sk_storage_delete(&conns, sk);
 	if (lo_srv)
 		lo_bump();
 }
 
-/* TP_PROTO(const struct sock *sk, const int oldstate, const int newstate). */
-SEC("raw_tracepoint/inet_sock_set_state")
-int dt_sock_state(struct bpf_raw_tracepoint_args *ctx)
+/* TP_PROTO(const struct sock *sk, const int oldstate, const int newstate). A close event the
+ * kernel skips (it does not run a program nested in itself on one CPU: a softirq's state
+ * change while this program runs for another sock) leaves no stale state behind (the storage
+ * goes with the sock), only a connection user space does not see end; the program's
+ * recursion misses count those. */
+SEC("tp_btf/inet_sock_set_state")
+int dt_sock_state(__u64 *ctx)
 {
-	__u64 sk = ctx->args[0];
-	int oldstate = (int)ctx->args[1];
-	int newstate = (int)ctx->args[2];
+	struct sock *sk = (struct sock *)ctx[0];
+	int oldstate = (int)ctx[1];
+	int newstate = (int)ctx[2];
 	if (newstate == TCP_ESTABLISHED) {
-		/* Entries a previous sock at this address left behind (its close event was missed:
-		 * the kernel skips a program run nested in itself on one CPU, e.g. a softirq's
-		 * state change while this program runs for another sock) go now, before this sock
-		 * moves a byte: otherwise it would be filtered out as the old one was, or its bytes
-		 * appended to the old connection. A conn of this very connection (TCP Fast Open data
-		 * before the handshake ended) has its ports and stays. */
-		bpf_map_delete_elem(&skipped, &sk);
-		struct conn *old = bpf_map_lookup_elem(&conns, &sk);
-		if (old && (old->lport != BPF_CORE_READ((struct sock *)sk, __sk_common.skc_num) ||
-			    old->rport != __builtin_bswap16(BPF_CORE_READ(
-						  (struct sock *)sk, __sk_common.skc_dport)))) {
-			forget_conn(old, sk);
-			count(DT_ST_STALE, 1);
-		}
 		__u8 role = oldstate == TCP_SYN_SENT  ? DT_ROLE_CLIENT
 			    : oldstate == TCP_SYN_RECV ? DT_ROLE_SERVER
 						       : DT_ROLE_UNKNOWN;
-		if (role != DT_ROLE_UNKNOWN)
-			bpf_map_update_elem(&roles, &sk, &role, BPF_ANY);
+		if (role == DT_ROLE_UNKNOWN)
+			return 0;
+		struct conn *st = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		/* A connection already (TCP Fast Open data before the handshake ended) keeps its
+		 * unknown role, as user space was told. */
+		if (st && !st->id)
+			st->role = role;
 		if (role == DT_ROLE_SERVER) {
 			struct dt_config *cfg = get_config();
 			struct dt_tuple t;
-			if (cfg && cfg->v[DT_CFG_LOOPBACK_DEDUP] && sk_tuple((struct sock *)sk, &t, 0)) {
-				bpf_map_update_elem(&lo_servers, &t, &sk, BPF_ANY);
+			if (cfg && cfg->v[DT_CFG_LOOPBACK_DEDUP] && sk_tuple(sk, &t, 0)) {
+				struct lo_srv fresh = {};
+				bpf_map_update_elem(&lo_servers, &t, &fresh, BPF_ANY);
 				lo_bump();
 			}
 		}
 	} else if (newstate == TCP_CLOSE) {
-		struct conn *c = bpf_map_lookup_elem(&conns, &sk);
-		if (c) {
+		struct conn *c = sk_conn(sk);
+		if (c && c->id) {
 			if (c->role == DT_ROLE_SERVER) {
 				struct dt_tuple t;
-				if (sk_tuple((struct sock *)sk, &t, 0))
+				if (sk_tuple(sk, &t, 0))
 					bpf_map_delete_elem(&lo_servers, &t);
 			}
 			forget_conn(c, sk);
 		} else {
-			bpf_map_delete_elem(&skipped, &sk);
+			if (c)
+				bpf_sk_storage_delete(&conns, sk);
 			struct dt_config *cfg = get_config();
 			struct dt_tuple t;
-			if (cfg && cfg->v[DT_CFG_LOOPBACK_DEDUP] && sk_tuple((struct sock *)sk, &t, 0) &&
+			if (cfg && cfg->v[DT_CFG_LOOPBACK_DEDUP] && sk_tuple(sk, &t, 0) &&
 			    !bpf_map_delete_elem(&lo_servers, &t))
 				lo_bump();
 		}
-		bpf_map_delete_elem(&roles, &sk);
 	}
 	return 0;
 }

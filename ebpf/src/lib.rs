@@ -146,8 +146,7 @@ pub mod stat {
     /// Bytes moved on a sock already closed that no tracked connection had (e.g. a request
     /// read after the peer's reset): not captured.
     pub const AFTER_CLOSE: u32 = 11;
-    /// Connections whose close event the kernel skipped (a program run nested in itself),
-    /// closed when their sock's address came back as a new connection.
+    /// Unused since connections live in socket storage (always 0).
     pub const STALE: u32 = 12;
 }
 /// Number of stats slots (`struct dt_stats`: the per-CPU `stats` map's one value).
@@ -169,7 +168,7 @@ pub mod maps {
     pub const FILTER_PORTS: &str = "filter_ports";
 }
 
-/// The tracepoints the object attaches to, as raw tracepoints: (program name, category,
+/// The tracepoints the object attaches to, as BTF-typed tracepoints (`tp_btf`): (program name, category,
 /// tracepoint). Only socket tracepoints: no syscall tracepoint, so syscalls that move no bytes
 /// on a socket pay nothing.
 pub const TRACEPOINTS: &[(&str, &str, &str)] = &[

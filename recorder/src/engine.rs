@@ -425,9 +425,11 @@ pub struct CaptureCounters {
     pub control_events_lost: u64,
     /// Bytes on a socket already closed that no tracked connection had (not captured).
     pub after_close_bytes: u64,
-    /// Connections whose close event the kernel skipped, closed when their sock's address
-    /// came back as a new connection.
+    /// Always 0 since connections live in kernel socket storage (kept for the JSON shape).
     pub missed_closes: u64,
+    /// Runs of the kernel programs the kernel skipped (nested in themselves on one CPU): a
+    /// connection end or bytes nobody saw (see `KernelLosses::skipped_runs`).
+    pub skipped_runs: u64,
     /// Records for a connection whose open event was lost (dropped in user space).
     pub orphan_records: u64,
     /// Records too short or of an unknown kind (dropped).
@@ -450,6 +452,7 @@ impl From<CaptureStats> for CaptureCounters {
             control_events_lost: s.kernel.control_events_lost,
             after_close_bytes: s.kernel.after_close_bytes,
             missed_closes: s.kernel.missed_closes,
+            skipped_runs: s.kernel.skipped_runs,
             orphan_records: s.orphan_records,
             bad_records: s.bad_records,
         }

@@ -259,7 +259,8 @@ fn print_stats(out: &mut impl std::io::Write, json: bool, s: &CaptureStats) -> s
             "{} events, {} connections, {} bytes, {} gaps ({} bytes), {} bytes lost \
              (over cap {}, ring buffer full {}, unreadable {}, sendfile/splice/io_uring {}, \
              after close {}), \
-             {} control events lost, {} bytes left to the server end (loopback dedup)",
+             {} control events lost, {} kernel program runs skipped, \
+             {} bytes left to the server end (loopback dedup)",
             s.events,
             s.connections,
             s.bytes,
@@ -272,6 +273,7 @@ fn print_stats(out: &mut impl std::io::Write, json: bool, s: &CaptureStats) -> s
             s.kernel.other_path_bytes,
             s.kernel.after_close_bytes,
             s.kernel.control_events_lost,
+            s.kernel.skipped_runs,
             s.dedup_bytes,
         )
     }

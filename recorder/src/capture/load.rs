@@ -1,12 +1,13 @@
 //! Loading, attaching and reading the kernel side.
 
 use std::collections::VecDeque;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::{ProgramError, RawTracePoint};
-use aya::{Ebpf, EbpfLoader};
+use aya::programs::{BtfTracePoint, ProgramError};
+use aya::{Btf, Ebpf, EbpfLoader};
 use deetune_ebpf as abi;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -145,7 +146,15 @@ impl Capture {
             });
         }
         ensure_tracefs()?;
+        let btf = Btf::from_sys_fs().map_err(|e| CaptureError::Verifier {
+            program: "(BTF)".into(),
+            log: format!("reading {BTF_PATH}: {e}"),
+        })?;
         let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            // `conns` is socket storage, which aya has no typed wrapper for (user space never
+            // reads it).
+            .allow_unsupported_maps()
             .set_max_entries(abi::maps::EVENTS, config.effective_ring_bytes())
             .load(abi::object())
             .map_err(load_error)?;
@@ -181,7 +190,7 @@ impl Capture {
         let mut ebpf = me.ebpf;
 
         for &(prog, category, name) in abi::TRACEPOINTS {
-            let p: &mut RawTracePoint = ebpf
+            let p: &mut BtfTracePoint = ebpf
                 .program_mut(prog)
                 .ok_or_else(|| CaptureError::Verifier {
                     program: prog.into(),
@@ -192,7 +201,7 @@ impl Capture {
                     program: prog.into(),
                     log: e.to_string(),
                 })?;
-            p.load().map_err(|e| match e {
+            p.load(name, &btf).map_err(|e| match e {
                 ProgramError::LoadError {
                     io_error,
                     verifier_log,
@@ -205,12 +214,11 @@ impl Capture {
                     log: other.to_string(),
                 },
             })?;
-            p.attach(name)
-                .map_err(|e| CaptureError::TracepointMissing {
-                    category: category.into(),
-                    name: name.into(),
-                    source: Box::new(e),
-                })?;
+            p.attach().map_err(|e| CaptureError::TracepointMissing {
+                category: category.into(),
+                name: name.into(),
+                source: Box::new(e),
+            })?;
         }
 
         let ring_map = ebpf.take_map(abi::maps::EVENTS).ok_or(CaptureError::Map {
@@ -377,10 +385,25 @@ impl Capture {
                     dedup_bytes: get(abi::stat::DEDUP_BYTES),
                     after_close_bytes: get(abi::stat::AFTER_CLOSE),
                     missed_closes: get(abi::stat::STALE),
+                    skipped_runs: self.skipped_runs(),
                 };
             }
         }
         s
+    }
+
+    /// The kernel's count of skipped runs (`recursion_misses`) over the capture's programs,
+    /// from `/proc/self/fdinfo` of their fds (0 where unreadable).
+    fn skipped_runs(&self) -> u64 {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.fd().ok())
+            .filter_map(|fd| {
+                let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+                std::fs::read_to_string(path).ok()
+            })
+            .filter_map(|info| recursion_misses(&info))
+            .sum()
     }
 
     /// Turns loopback de-duplication on or off (see [`CaptureConfig::loopback_dedup`]).
@@ -459,6 +482,14 @@ impl Capture {
         };
         f(&mut p)
     }
+}
+
+/// The `recursion_misses` of a BPF program's `/proc/<pid>/fdinfo/<fd>` text.
+fn recursion_misses(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("recursion_misses:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The loaded object and its config slots, before or after attaching.
@@ -571,4 +602,21 @@ fn unix_ns() -> i128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::recursion_misses;
+
+    #[test]
+    fn recursion_misses_are_read_from_a_programs_fdinfo() {
+        // As the kernel prints it (kernel/bpf/syscall.c, bpf_prog_show_fdinfo).
+        let info = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t2082\nprog_type:\t26\n\
+                    prog_jited:\t1\nprog_tag:\tbdaf9943837d826e\nmemlock:\t20480\n\
+                    prog_id:\t23799\nrun_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t17\n\
+                    verified_insns:\t1905\n";
+        assert_eq!(recursion_misses(info), Some(17));
+        assert_eq!(recursion_misses("prog_type:\t26\n"), None);
+        assert_eq!(recursion_misses("recursion_misses:\tmany\n"), None);
+    }
 }

@@ -27,10 +27,14 @@ pub struct KernelLosses {
     /// request read after the peer's reset): not captured, so that no kernel entry outlives
     /// its socket.
     pub after_close_bytes: u64,
-    /// Not a loss: connections whose close event the kernel skipped (it does not run a
-    /// program nested in itself on one CPU), closed when their sock's address came back as a
-    /// new connection.
+    /// Always 0 since connections live in socket storage (kept for the JSON shape): a
+    /// skipped close can no longer leave state behind; see `skipped_runs`.
     pub missed_closes: u64,
+    /// Runs of the capture's kernel programs the kernel skipped (it does not run a program
+    /// nested in itself on one CPU; the programs' `recursion_misses`). A skipped state run
+    /// may be a connection end user space does not see; a skipped data run moved bytes whose
+    /// position was not advanced, which no gap can show: only this count does.
+    pub skipped_runs: u64,
 }
 
 impl KernelLosses {
