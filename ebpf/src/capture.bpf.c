@@ -101,6 +101,8 @@ struct files_struct {
 
 struct task_struct {
 	unsigned int flags;
+	int pid;
+	int tgid;
 	struct files_struct *files;
 } __attribute__((preserve_access_index));
 
@@ -933,12 +935,13 @@ static __always_inline void on_data(struct sock *sk, int ret, int flags, __u8 di
 	struct dt_config *cfg = get_config();
 	if (!cfg)
 		return;
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tgid = id >> 32;
+	/* Direct (BTF-checked) loads from the task: no helper call for the ids. */
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u32 tgid = task->tgid;
+	__u64 id = ((__u64)tgid << 32) | (__u32)task->pid;
 	if (tgid == cfg->v[DT_CFG_SELF_TGID])
 		return;
 	dir &= 1;
-	struct task_struct *task = bpf_get_current_task_btf();
 	if (cfg->v[DT_CFG_FILTER_PIDS] || cfg->v[DT_CFG_FILTER_CGROUPS]) {
 		/* Filtered-out processes stop here, before any hash lookup. */
 		__u32 zero = 0;
@@ -1106,6 +1109,9 @@ static __always_inline void on_data(struct sock *sk, int ret, int flags, __u8 di
 	}
 	if (gathered >= 0) {
 		done = gathered;
+	} else if (!iovcnt && left <= x->chunk) {
+		dt_emit_chunk(pos0, buf, left); /* one chunk: no loop (a failure is a gap) */
+		done = left;
 	} else if (!iovcnt) {
 		done = dt_emit_range(pos0, buf, left);
 	} else {
