@@ -168,9 +168,9 @@ pub mod maps {
     pub const FILTER_PORTS: &str = "filter_ports";
 }
 
-/// The tracepoints the object attaches to, as BTF-typed tracepoints (`tp_btf`): (program name, category,
-/// tracepoint). Only socket tracepoints: no syscall tracepoint, so syscalls that move no bytes
-/// on a socket pay nothing.
+/// The tracepoints the object attaches to, as BTF-typed tracepoints (`tp_btf`): (program name,
+/// category, tracepoint). Only socket tracepoints: no syscall tracepoint, so syscalls that move
+/// no bytes on a socket pay nothing.
 pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("dt_sock_send", "sock", "sock_send_length"),
     ("dt_sock_recv", "sock", "sock_recv_length"),
