@@ -171,9 +171,13 @@ const RECORD_HEADER: usize = 5;
 struct BlockBuilder {
     records: Vec<u8>,
     count: u64,
-    /// One compression context for every block (creating one per block cost about 1 % of
-    /// the daemon's CPU under `ci/bench-record`).
-    zstd: Option<zstd::bulk::Compressor<'static>>,
+}
+
+thread_local! {
+    /// One zstd compression context per thread, for every block it seals (creating one per
+    /// block cost about 1 % of the daemon's CPU under `ci/bench-record`).
+    static BLOCK_ZSTD: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 impl BlockBuilder {
@@ -181,7 +185,6 @@ impl BlockBuilder {
         Self {
             records: Vec::with_capacity(64 * 1024),
             count: 0,
-            zstd: None,
         }
     }
 
@@ -242,13 +245,18 @@ impl BlockBuilder {
             what: "exchange block".to_owned(),
             detail: format!("compression failed: {e}"),
         };
-        if self.zstd.is_none() {
-            self.zstd = Some(zstd::bulk::Compressor::new(BLOCK_ZSTD_LEVEL).map_err(failed)?);
-        }
-        let packed = match self.zstd.as_mut() {
-            Some(z) => z.compress(&self.records).map_err(failed)?,
-            None => zstd::bulk::compress(&self.records, BLOCK_ZSTD_LEVEL).map_err(failed)?,
-        };
+        let packed = BLOCK_ZSTD
+            .with(|cell| {
+                let mut cached = cell.borrow_mut();
+                if cached.is_none() {
+                    *cached = Some(zstd::bulk::Compressor::new(BLOCK_ZSTD_LEVEL)?);
+                }
+                match cached.as_mut() {
+                    Some(z) => z.compress(&self.records),
+                    None => zstd::bulk::compress(&self.records, BLOCK_ZSTD_LEVEL),
+                }
+            })
+            .map_err(failed)?;
         let mut v = Vec::with_capacity(packed.len() + 9);
         v.push(BLOCK_VERSION);
         v.extend_from_slice(&(self.records.len() as u64).to_be_bytes());
