@@ -20,6 +20,14 @@ pub enum CaptureError {
         /// Where it was looked for.
         path: PathBuf,
     },
+    /// The kernel's BTF exists but could not be read or parsed.
+    #[error("the kernel's BTF at {path} could not be read: {detail}")]
+    BadBtf {
+        /// The file read.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
     /// tracefs is neither mounted nor mountable.
     #[error("tracefs is not mounted at /sys/kernel/tracing and mounting it failed")]
     Tracefs {

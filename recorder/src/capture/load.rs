@@ -135,7 +135,8 @@ impl Capture {
     /// runtime.
     ///
     /// # Errors
-    /// [`CaptureError::NotPermitted`] without root, [`CaptureError::NoBtf`],
+    /// [`CaptureError::NotPermitted`] without root, [`CaptureError::NoBtf`] or
+    /// [`CaptureError::BadBtf`],
     /// [`CaptureError::TracepointMissing`], [`CaptureError::Verifier`] (with the log), and
     /// map or runtime errors.
     pub fn start(config: CaptureConfig) -> Result<Self, CaptureError> {
@@ -146,9 +147,9 @@ impl Capture {
             });
         }
         ensure_tracefs()?;
-        let btf = Btf::from_sys_fs().map_err(|e| CaptureError::Verifier {
-            program: "(BTF)".into(),
-            log: format!("reading {BTF_PATH}: {e}"),
+        let btf = Btf::from_sys_fs().map_err(|e| CaptureError::BadBtf {
+            path: BTF_PATH.into(),
+            detail: e.to_string(),
         })?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
