@@ -248,13 +248,11 @@ impl BlockBuilder {
         let packed = BLOCK_ZSTD
             .with(|cell| {
                 let mut cached = cell.borrow_mut();
-                if cached.is_none() {
-                    *cached = Some(zstd::bulk::Compressor::new(BLOCK_ZSTD_LEVEL)?);
-                }
-                match cached.as_mut() {
-                    Some(z) => z.compress(&self.records),
-                    None => zstd::bulk::compress(&self.records, BLOCK_ZSTD_LEVEL),
-                }
+                let z = match &mut *cached {
+                    Some(z) => z,
+                    slot => slot.insert(zstd::bulk::Compressor::new(BLOCK_ZSTD_LEVEL)?),
+                };
+                z.compress(&self.records)
             })
             .map_err(failed)?;
         let mut v = Vec::with_capacity(packed.len() + 9);
