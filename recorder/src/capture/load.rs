@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::time::Duration;
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, PerCpuArray};
 use aya::programs::{BtfTracePoint, ProgramError};
 use aya::{Btf, Ebpf, EbpfLoader};
 use deetune_ebpf as abi;
@@ -15,6 +15,7 @@ use tokio::io::Interest;
 use super::config::CaptureConfig;
 use super::conns::{monotonic_ns, Table};
 use super::error::CaptureError;
+use super::ring::Ring;
 use super::stats::{CaptureStats, KernelLosses};
 use crate::{ConnInfo, StreamEvent};
 
@@ -46,7 +47,7 @@ const STAT_SLOTS: usize = abi::STAT_SLOTS as usize;
 /// detaches everything.
 pub struct Capture {
     ebpf: Ebpf,
-    ring: AsyncFd<RingBuf<MapData>>,
+    ring: AsyncFd<Ring>,
     table: Table,
     out: VecDeque<StreamEvent>,
     batch: Vec<StreamEvent>,
@@ -229,11 +230,25 @@ impl Capture {
                 name: abi::maps::EVENTS.into(),
             }),
         })?;
-        let ring = RingBuf::try_from(ring_map).map_err(|e| CaptureError::Map {
-            map: abi::maps::EVENTS,
-            op: "open",
-            source: Box::new(e),
-        })?;
+        let Map::RingBuf(ring_map) = ring_map else {
+            return Err(CaptureError::Map {
+                map: abi::maps::EVENTS,
+                op: "open",
+                // Only a broken object gets here (the map is declared a ring buffer).
+                source: Box::new(aya::maps::MapError::InvalidName {
+                    name: format!("{} (not a ring buffer)", abi::maps::EVENTS),
+                }),
+            });
+        };
+        let ring =
+            Ring::new(ring_map, config.effective_ring_bytes()).map_err(|e| CaptureError::Map {
+                map: abi::maps::EVENTS,
+                op: "map",
+                source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "mmap",
+                    io_error: e,
+                })),
+            })?;
         // SAFETY: the ring buffer owns its map fd and its mmap for its whole life; the
         // `AsyncFd` owns the ring buffer, so the fd stays open and the same until it drops.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -318,13 +333,12 @@ impl Capture {
 
     /// Moves every record the ring buffer holds now into the queue of events.
     fn poll(&mut self) {
-        let ring = self.ring.get_mut();
-        let mut any = false;
-        while let Some(item) = ring.next() {
-            any = true;
-            self.table.record(&item, &mut self.stats, &mut self.batch);
-        }
-        if any {
+        let (table, stats, batch) = (&mut self.table, &mut self.stats, &mut self.batch);
+        let n = self
+            .ring
+            .get_mut()
+            .drain(|rec| table.record(rec, stats, batch));
+        if n > 0 {
             self.last_found = std::time::Instant::now();
         }
         if self.table.any_held() {

@@ -7,6 +7,7 @@ mod conns;
 mod error;
 mod load;
 mod reassembly;
+mod ring;
 mod stats;
 
 pub use config::CaptureConfig;
