@@ -2,7 +2,7 @@
 //! counts (callgrind) that a loaded machine does not blur: keep-alive HTTP connections shaped
 //! like `ci/bench-record`'s wrk → nginx (the client end opened but carrying no data, as with
 //! the kernel's loopback dedup), decoded, topology, one task recording every exchange, stored
-//! through [`StoreSink`] in batches of 4,096 (the daemon's) into a temporary store (block
+//! through [`StoreSink`] in batches of 2,048 (the daemon's) into a temporary store (block
 //! encoding, zstd, sled), with the jemalloc allocator of the `deetune` binary.
 //!
 //! ```text
@@ -64,7 +64,7 @@ fn main() {
         tasks,
         TopologyAggregator::default(),
     );
-    // A second argument sets the batch (exchanges per store append; the daemon's is 4,096).
+    // A second argument sets the batch (exchanges per store append; the daemon's is 2,048).
     let mut options = EngineOptions::default();
     if let Some(b) = std::env::args().nth(2).and_then(|a| a.parse().ok()) {
         options.batch = b;

@@ -466,8 +466,9 @@ pub struct EngineOptions {
     pub flush_every: Duration,
     /// Flush when this many exchanges wait. Every flush is one sled batch, and sled writes
     /// (and starts writeback of) its log buffer per batch, waking one of its I/O threads: at
-    /// 512 that cost ≈ 20 % of the daemon's CPU at 60k exchanges/s; beyond ≈ 4,096 the
-    /// exchanges held no longer stay in the cache (see `docs/benchmarks.md`).
+    /// 512 that cost ≈ 20 % of the daemon's CPU at 60k exchanges/s. 2,048 gets nearly all of
+    /// that back; beyond ≈ 4,096 the exchanges held no longer stay in the cache, and each
+    /// one held is memory (see `docs/benchmarks.md`).
     pub batch: usize,
     /// Stop when no task runs any more (`deetune record`).
     pub exit_when_idle: bool,
@@ -477,7 +478,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             flush_every: Duration::from_millis(200),
-            batch: 4096,
+            batch: 2048,
             exit_when_idle: false,
         }
     }
