@@ -22,10 +22,10 @@ fn deetune(data_dir: &Path, args: &[&str]) -> Output {
 
 fn http(n: u64, method: &str) -> Exchange {
     Exchange {
-        conn: ConnectionMeta {
+        conn: std::sync::Arc::new(ConnectionMeta {
             id: n,
             ..ConnectionMeta::default()
-        },
+        }),
         seq: 0,
         protocol: Protocol::Http,
         request: Request::Http(HttpRequest {

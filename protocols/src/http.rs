@@ -801,7 +801,7 @@ impl HttpDecoder {
             timing.request_end_ns = timing.response_start_ns;
         }
         let ex = Exchange {
-            conn: crate::ConnectionMeta::default(),
+            conn: std::sync::Arc::default(),
             seq: self.seq,
             protocol: Protocol::Http,
             request,

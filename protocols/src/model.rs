@@ -6,6 +6,7 @@
 //! `BTreeMap`s so output is stable.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -184,8 +185,9 @@ impl Timing {
 /// One request and its response on one connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Exchange {
-    /// The connection (decoders leave it default; the recorder fills it in).
-    pub conn: ConnectionMeta,
+    /// The connection (decoders leave it default; the recorder fills it in). Shared: every
+    /// exchange of a connection points at one copy (no per-exchange copy of its strings).
+    pub conn: Arc<ConnectionMeta>,
     /// Position of this exchange on its connection, from 0.
     pub seq: u64,
     /// Protocol of the connection.

@@ -199,7 +199,7 @@ impl MysqlDecoder {
                 _ => 0,
             } + response.as_ref().map_or(0, response_size);
         self.ready.push(Exchange {
-            conn: crate::ConnectionMeta::default(),
+            conn: std::sync::Arc::default(),
             seq: self.seq,
             protocol: Protocol::Mysql,
             request,

@@ -111,7 +111,7 @@ impl RedisDecoder {
     ) {
         self.ready_bytes += request_size(&request) + response.as_ref().map_or(0, value_size);
         self.ready.push(Exchange {
-            conn: crate::ConnectionMeta::default(),
+            conn: std::sync::Arc::default(),
             seq: self.seq,
             protocol: Protocol::Redis,
             request,

@@ -14,7 +14,7 @@ use proptest::prelude::*;
 
 fn base(protocol: Protocol, request: Request, response: Option<Response>) -> Exchange {
     Exchange {
-        conn: ConnectionMeta {
+        conn: std::sync::Arc::new(ConnectionMeta {
             id: 3,
             client: Endpoint {
                 port: 40000,
@@ -29,7 +29,7 @@ fn base(protocol: Protocol, request: Request, response: Option<Response>) -> Exc
                 cgroup: Some("/system.slice/x".to_owned()),
                 ..Endpoint::default()
             },
-        },
+        }),
         seq: 1,
         protocol,
         request,

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use deetune_protocols::{
     detect, new_decoder, ConnectionMeta, DecoderConfig, Detection, Direction, Endpoint, Exchange,
@@ -115,7 +116,8 @@ struct Conn {
     held: Vec<StreamEvent>,
     held_bytes: usize,
     decoding: Decoding,
-    meta: Option<ConnectionMeta>,
+    /// Shared by every exchange of the connection.
+    meta: Option<Arc<ConnectionMeta>>,
     edge: Option<EdgeId>,
     /// Which running tasks want this connection's service pair.
     pair: PairCache,
@@ -582,7 +584,7 @@ impl Pipeline {
         c.pending_sent = 0;
         c.pending_received = 0;
         c.edge = Some(id);
-        c.meta = Some(meta);
+        c.meta = Some(Arc::new(meta));
     }
 
     fn facts(&mut self, info: &ConnInfo) -> EndpointFacts {

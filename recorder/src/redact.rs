@@ -163,11 +163,11 @@ fn redact_redis(args: &mut [Payload]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use deetune_protocols::{ConnectionMeta, Flags, HttpRequest, Protocol, RedisCommand, Timing};
+    use deetune_protocols::{Flags, HttpRequest, Protocol, RedisCommand, Timing};
 
     fn http(headers: &[(&str, &str)], body: &str) -> Exchange {
         Exchange {
-            conn: ConnectionMeta::default(),
+            conn: std::sync::Arc::default(),
             seq: 0,
             protocol: Protocol::Http,
             request: Request::Http(HttpRequest {

@@ -568,7 +568,7 @@ mod tests {
 
     fn ex(from: &str, to: &str, method: &str, path: &str) -> Exchange {
         Exchange {
-            conn: ConnectionMeta {
+            conn: std::sync::Arc::new(ConnectionMeta {
                 id: 1,
                 client: Endpoint {
                     service: Some(from.into()),
@@ -578,7 +578,7 @@ mod tests {
                     service: Some(to.into()),
                     ..Endpoint::default()
                 },
-            },
+            }),
             seq: 0,
             protocol: Protocol::Http,
             request: Request::Http(HttpRequest {

@@ -29,14 +29,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let conn = i % conns;
         let t = 1_700_000_000_000_000_000 + i * 1000;
         w.write(&Exchange {
-            conn: ConnectionMeta {
+            conn: std::sync::Arc::new(ConnectionMeta {
                 id: conn + 1,
                 client: Endpoint::default(),
                 server: Endpoint {
                     service: Some("bench".into()),
                     ..Endpoint::default()
                 },
-            },
+            }),
             seq: i / conns,
             protocol: Protocol::Http,
             request: Request::Http(HttpRequest {

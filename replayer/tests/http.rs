@@ -162,8 +162,8 @@ async fn production_target_is_refused() {
     let v1 = start_service(1).await;
     let mut rec = shop_recording();
     for x in &mut rec {
-        x.conn.server.addr = v1.ip();
-        x.conn.server.port = v1.port();
+        std::sync::Arc::make_mut(&mut x.conn).server.addr = v1.ip();
+        std::sync::Arc::make_mut(&mut x.conn).server.port = v1.port();
     }
     let cfg = ReplayConfig::with_targets(&[format!("http://{v1}")]).unwrap();
     let err = replay_async(ok_source(rec.clone()), cfg).await.unwrap_err();

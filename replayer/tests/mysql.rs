@@ -113,7 +113,7 @@ impl RecordingProxy {
                     let mut out = Vec::new();
                     d.drain(&mut out);
                     for x in &mut out {
-                        x.conn = ConnectionMeta {
+                        x.conn = std::sync::Arc::new(ConnectionMeta {
                             id: conn_id,
                             client: Endpoint {
                                 addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)),
@@ -121,7 +121,7 @@ impl RecordingProxy {
                                 ..Endpoint::default()
                             },
                             server: prod_server(),
-                        };
+                        });
                     }
                     ex.lock().unwrap().extend(out);
                     *closed.lock().unwrap() += 1;

@@ -114,7 +114,7 @@ async fn report_snapshots() {
     let mut rec = shop_recording();
     rec.truncate(3);
     let mut other = http_get(5, 0, "/api/items", 200, "{}");
-    other.conn.server.service = Some("search".into());
+    std::sync::Arc::make_mut(&mut other.conn).server.service = Some("search".into());
     rec.push(other);
     let cfg = ReplayConfig::with_targets(&[
         format!("shop=http://{v2}"),

@@ -88,7 +88,7 @@ pub(crate) fn decode_exchange(bytes: &[u8]) -> Result<Exchange, DecodeError> {
         depth: 0,
     };
     let x = Exchange {
-        conn: r.conn()?,
+        conn: std::sync::Arc::new(r.conn()?),
         seq: r.varint("seq")?,
         protocol: r.protocol()?,
         request: r.request()?,
@@ -1183,7 +1183,7 @@ mod tests {
         )
             .prop_map(
                 |(conn, seq, protocol, request, response, timing, flags, session)| Exchange {
-                    conn,
+                    conn: conn.into(),
                     seq,
                     protocol,
                     request,
@@ -1232,7 +1232,7 @@ mod tests {
     #[test]
     fn doubles_keep_their_bits() {
         let mut x = Exchange {
-            conn: ConnectionMeta::default(),
+            conn: std::sync::Arc::default(),
             seq: 0,
             protocol: Protocol::Redis,
             request: Request::Raw {
@@ -1262,7 +1262,7 @@ mod tests {
             v = RespValue::Array(vec![v]);
         }
         let x = Exchange {
-            conn: ConnectionMeta::default(),
+            conn: std::sync::Arc::default(),
             seq: 0,
             protocol: Protocol::Redis,
             request: Request::Raw {

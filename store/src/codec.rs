@@ -423,7 +423,7 @@ pub(crate) mod fast {
             return None;
         }
         Some(Exchange {
-            conn: ConnectionMeta { id, client, server },
+            conn: std::sync::Arc::new(ConnectionMeta { id, client, server }),
             seq,
             protocol: Protocol::Http,
             request: Request::Http(request),
@@ -450,14 +450,14 @@ mod tests {
 
     fn http(body: &[u8], response: bool) -> Exchange {
         Exchange {
-            conn: ConnectionMeta {
+            conn: std::sync::Arc::new(ConnectionMeta {
                 id: 7,
                 client: Endpoint::default(),
                 server: Endpoint {
                     service: Some("bench".into()),
                     ..Endpoint::default()
                 },
-            },
+            }),
             seq: 3,
             protocol: Protocol::Http,
             request: Request::Http(HttpRequest {
@@ -511,7 +511,7 @@ mod tests {
             "line 1\nline 2\r\n\u{e9}\u{1f600} \\ / \"q\"".as_bytes(),
             true,
         );
-        full.conn.client = Endpoint {
+        std::sync::Arc::make_mut(&mut full.conn).client = Endpoint {
             addr: "::1".parse().unwrap(),
             port: 65535,
             pid: Some(4_000_000_000),

@@ -1570,15 +1570,14 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use deetune_protocols::{
-        ConnectionMeta, Flags, Payload, Protocol, RedisCommand, Request, RespValue, Response,
-        Timing,
+        Flags, Payload, Protocol, RedisCommand, Request, RespValue, Response, Timing,
     };
 
     use super::*;
 
     fn redis(n: u64) -> Exchange {
         Exchange {
-            conn: ConnectionMeta::default(),
+            conn: std::sync::Arc::default(),
             seq: n,
             protocol: Protocol::Redis,
             request: Request::Redis(RedisCommand {

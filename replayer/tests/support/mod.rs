@@ -153,7 +153,7 @@ pub fn exchange(
 ) -> Exchange {
     let t = 1_700_000_000_000_000_000 + conn * 1_000_000_000 + seq * 1_000_000;
     Exchange {
-        conn: ConnectionMeta {
+        conn: std::sync::Arc::new(ConnectionMeta {
             id: conn,
             client: Endpoint {
                 addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)),
@@ -161,7 +161,7 @@ pub fn exchange(
                 ..Endpoint::default()
             },
             server: prod(),
-        },
+        }),
         seq,
         protocol,
         request,
@@ -225,8 +225,8 @@ pub fn redis(conn: u64, seq: u64, args: &[&str], reply: RespValue) -> Exchange {
         inline: false,
     });
     let mut x = exchange(conn, seq, Protocol::Redis, request, Response::Redis(reply));
-    x.conn.server.port = 6379;
-    x.conn.server.service = Some("cache".into());
+    std::sync::Arc::make_mut(&mut x.conn).server.port = 6379;
+    std::sync::Arc::make_mut(&mut x.conn).server.service = Some("cache".into());
     x
 }
 

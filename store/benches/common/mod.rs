@@ -10,7 +10,7 @@ use deetune_store::{TaskRecord, TaskSpec, TaskState, TaskStats};
 pub(crate) fn small_http(n: u64) -> Exchange {
     let t0 = 1_700_000_000_000_000_000 + n * 1000;
     Exchange {
-        conn: ConnectionMeta {
+        conn: std::sync::Arc::new(ConnectionMeta {
             id: n / 8,
             client: Endpoint {
                 port: 40000,
@@ -22,7 +22,7 @@ pub(crate) fn small_http(n: u64) -> Exchange {
                 service: Some("checkout".to_owned()),
                 ..Endpoint::default()
             },
-        },
+        }),
         seq: n % 8,
         protocol: Protocol::Http,
         request: Request::Http(HttpRequest {

@@ -43,11 +43,11 @@ fn endpoint(last: u8, port: u16, service: &str) -> Endpoint {
 pub(crate) fn http(n: u64) -> Exchange {
     let t0 = 1_700_000_000_000_000_000 + n * 1_000_000;
     Exchange {
-        conn: ConnectionMeta {
+        conn: std::sync::Arc::new(ConnectionMeta {
             id: n / 4,
             client: endpoint(1, 40000, "web"),
             server: endpoint(2, 8080, "checkout"),
-        },
+        }),
         seq: n % 4,
         protocol: Protocol::Http,
         request: Request::Http(HttpRequest {
@@ -121,11 +121,11 @@ pub(crate) fn http_binary(n: u64) -> Exchange {
 
 pub(crate) fn redis(n: u64) -> Exchange {
     Exchange {
-        conn: ConnectionMeta {
+        conn: std::sync::Arc::new(ConnectionMeta {
             id: 1000 + n / 8,
             client: endpoint(1, 41000, "web"),
             server: endpoint(3, 6379, "redis"),
-        },
+        }),
         seq: n % 8,
         protocol: Protocol::Redis,
         request: Request::Redis(RedisCommand {
@@ -155,11 +155,11 @@ pub(crate) fn redis(n: u64) -> Exchange {
 
 pub(crate) fn mysql(n: u64) -> Exchange {
     Exchange {
-        conn: ConnectionMeta {
+        conn: std::sync::Arc::new(ConnectionMeta {
             id: 2000 + n,
             client: endpoint(1, 42000, "web"),
             server: endpoint(4, 3306, "db"),
-        },
+        }),
         seq: 0,
         protocol: Protocol::Mysql,
         request: Request::Mysql(MysqlCommand::Query {
