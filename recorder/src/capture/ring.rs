@@ -135,20 +135,18 @@ impl Ring {
         unsafe { self.producer.ptr.cast::<AtomicU64>().as_ref() }
     }
 
+    /// Where ring position `pos` is in the first copy of the data pages.
+    fn at(&self, pos: u64) -> *const u8 {
+        let off = self.page + (pos & self.mask) as usize;
+        // SAFETY: `off` < page + size, within the producer mapping (page + 2 × size).
+        unsafe { self.producer.ptr.as_ptr().cast::<u8>().add(off) }
+    }
+
     /// The record header at ring position `pos`.
     fn header(&self, pos: u64) -> &AtomicU32 {
-        let off = self.page + (pos & self.mask) as usize;
-        // SAFETY: `off` is within the first copy of the data pages (mask < size), 8-aligned
-        // (positions advance in multiples of 8), and mapped for the life of `self`.
-        unsafe {
-            &*self
-                .producer
-                .ptr
-                .as_ptr()
-                .cast::<u8>()
-                .add(off)
-                .cast::<AtomicU32>()
-        }
+        // SAFETY: 8-aligned (positions advance in multiples of 8, the mapping is page-aligned)
+        // and mapped for the life of `self`.
+        unsafe { &*self.at(pos).cast::<AtomicU32>() }
     }
 
     /// Hands every committed record to `f`, in order, and publishes the new consumer
@@ -180,16 +178,12 @@ impl Ring {
                 break;
             }
             if len & DISCARD_BIT == 0 {
-                let off = self.page + ((self.pos + HDR) & self.mask) as usize;
                 // SAFETY: the record's data starts within the first copy of the data pages
                 // and, with the second copy mapped right after it, `data_len` (< size) bytes
                 // from there are mapped; the kernel no longer writes a committed record
                 // until the consumer position passes it.
                 let data = unsafe {
-                    std::slice::from_raw_parts(
-                        self.producer.ptr.as_ptr().cast::<u8>().add(off),
-                        data_len as usize,
-                    )
+                    std::slice::from_raw_parts(self.at(self.pos + HDR), data_len as usize)
                 };
                 f(data);
                 n += 1;
