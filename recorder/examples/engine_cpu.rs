@@ -2,16 +2,18 @@
 //! counts (callgrind) that a loaded machine does not blur: keep-alive HTTP connections shaped
 //! like `ci/bench-record`'s wrk → nginx (the client end opened but carrying no data, as with
 //! the kernel's loopback dedup), decoded, topology, one task recording every exchange, stored
-//! through [`StoreSink`] in batches of 2,048 (the daemon's) into a temporary store (block
-//! encoding, zstd, sled), with the jemalloc allocator of the `deetune` binary.
+//! through [`Engine::handle`] and [`StoreSink`] as the daemon does (encoded 64 exchanges at a
+//! time, committed every 16,384) into a temporary store (block encoding, zstd, sled), with
+//! the jemalloc allocator of the `deetune` binary.
 //!
 //! ```text
 //! cargo build --release -p deetune-recorder --example engine_cpu
 //! valgrind --tool=callgrind --callgrind-out-file=/dev/null \
 //!     target/release/examples/engine_cpu 20000   # and 40000: the difference / 20000
 //! ```
-//! Prints the exchanges stored; the instructions per exchange are the difference of two runs
-//! (start-up, the store's opening, cancels out).
+//! Prints the exchanges stored and the stored bytes per exchange; the instructions per
+//! exchange are the difference of two runs (start-up, the store's opening, cancels out).
+//! Optional arguments after the count: the commit batch and the staging size.
 
 use std::sync::Arc;
 
@@ -64,12 +66,16 @@ fn main() {
         tasks,
         TopologyAggregator::default(),
     );
-    // A second argument sets the batch (exchanges per store append; the daemon's is 2,048).
+    // A second argument sets the batch (exchanges per sled batch; the daemon's is 16,384).
     let mut options = EngineOptions::default();
     if let Some(b) = std::env::args().nth(2).and_then(|a| a.parse().ok()) {
         options.batch = b;
     }
-    let mut engine = Engine::new(pipeline, StoreSink(store.clone()), options);
+    // A third, the exchanges handed to the sink at a time (the daemon's: 64).
+    if let Some(b) = std::env::args().nth(3).and_then(|a| a.parse().ok()) {
+        options.stage = b;
+    }
+    let mut engine = Engine::new(pipeline, StoreSink::new(store.clone()), options);
     let t0 = 1_800_000_000_000_000_000u64;
     let srv: std::net::SocketAddr = format!("127.0.0.1:{PORT}").parse().expect("addr");
     let info = |id, role, local, remote, comm: &str| ConnInfo {
@@ -110,27 +116,28 @@ fn main() {
         )
         .into_bytes();
         // As the capture hands them over: a fresh buffer per event.
-        engine.pipeline.handle(StreamEvent::Data {
+        engine.handle(StreamEvent::Data {
             conn,
             dir: Direction::Request,
             ts_ns: ts,
             bytes: req.clone(),
         });
-        engine.pipeline.handle(StreamEvent::Data {
+        engine.handle(StreamEvent::Data {
             conn,
             dir: Direction::Response,
             ts_ns: ts + 5_000,
             bytes: resp,
         });
-        if engine.pipeline.output_len() >= options.batch {
-            engine.flush(false).expect("flush");
-        }
     }
     engine.flush(true).expect("flush");
     // The store's count (reading every exchange back would cost more than storing them).
-    let stored = store.task_usage(&task.id).expect("usage").exchanges;
+    let usage = store.task_usage(&task.id).expect("usage");
+    let stored = usage.exchanges;
     assert_eq!(stored, n, "every exchange stored");
-    println!("{stored} exchanges stored");
+    println!(
+        "{stored} exchanges stored, {:.1} bytes each",
+        usage.bytes as f64 / stored.max(1) as f64
+    );
 }
 
 #[derive(serde::Deserialize)]

@@ -215,7 +215,8 @@ pub async fn run_daemon<E: EventSource>(
     );
     // The periodic fsync on its own thread: a slow disk must not stall the ring buffer's
     // consumer (the daemon's runtime has one thread).
-    let sink = BackgroundFlushSink::new(StoreSink(store.clone())).map_err(DaemonError::Flusher)?;
+    let sink =
+        BackgroundFlushSink::new(StoreSink::new(store.clone())).map_err(DaemonError::Flusher)?;
     let mut engine = Engine::new(pipeline, sink, EngineOptions::default());
     let (tx, rx) = mpsc::channel::<Command>(64);
     let api = tokio::spawn(serve(

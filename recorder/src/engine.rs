@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deetune_protocols::Exchange;
 use deetune_store::{
-    BundleHeader, BundleWriter, Store, TaskId, TaskRecord, TaskSpec, TopologyEdge,
+    Appender, BundleHeader, BundleWriter, Store, TaskId, TaskRecord, TaskSpec, TopologyEdge,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -42,13 +42,36 @@ impl SinkError {
     }
 }
 
+/// What a sink holds that [`Sink::commit`] has not written yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Staged {
+    /// Exchanges.
+    pub exchanges: u64,
+    /// Memory they take, in bytes.
+    pub bytes: usize,
+}
+
 /// Where recorded exchanges, task records and topology edges go.
 pub trait Sink: Send {
-    /// Exchanges in recorded order, in runs of the same task (handed over: no copy).
+    /// Exchanges in recorded order, in runs of the same task (handed over: no copy). A sink
+    /// may stage them (see [`Self::commit`]).
     ///
     /// # Errors
     /// The write failed.
     fn write(&mut self, batch: Recorded) -> Result<(), SinkError>;
+    /// What [`Self::write`] staged and [`Self::commit`] has not written (none by default:
+    /// the exchanges are written in `write`).
+    fn staged(&self) -> Staged {
+        Staged::default()
+    }
+    /// Writes what [`Self::write`] staged; the engine calls it before it saves task records
+    /// (whose counters include those exchanges) and before every flush.
+    ///
+    /// # Errors
+    /// The write failed (the staged exchanges are lost).
+    fn commit(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
     /// A task record changed.
     ///
     /// # Errors
@@ -75,35 +98,92 @@ pub trait Sink: Send {
     }
 }
 
-/// The embedded store as a sink (the daemon's).
-#[derive(Debug, Clone)]
-pub struct StoreSink(pub Arc<Store>);
+/// The embedded store as a sink (the daemon's). [`Sink::write`] encodes each exchange into
+/// its task's [`Appender`] at once (the exchange is freed while still in the cache);
+/// [`Sink::commit`] writes each task's blocks in one sled batch.
+#[derive(Debug)]
+pub struct StoreSink {
+    store: Arc<Store>,
+    staged: Vec<Appender>,
+}
+
+impl StoreSink {
+    /// A sink writing to `store`.
+    #[must_use]
+    pub fn new(store: Arc<Store>) -> Self {
+        Self {
+            store,
+            staged: Vec::new(),
+        }
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+}
 
 impl Sink for StoreSink {
     fn write(&mut self, batch: Recorded) -> Result<(), SinkError> {
-        // One append per run of the same task, as the pipeline queued it (no regrouping).
+        let failed = |e| SinkError::new("append exchanges to the store")(Box::new(e));
         for (task, run) in batch.into_runs() {
-            self.0
-                .append(&task, &run)
-                .map_err(|e| SinkError::new("append exchanges to the store")(Box::new(e)))?;
+            let at = match self
+                .staged
+                .iter()
+                .position(|a| a.task_id() == task.as_str())
+            {
+                Some(at) => at,
+                None => {
+                    self.staged.push(Appender::new(&task).map_err(failed)?);
+                    self.staged.len() - 1
+                }
+            };
+            let appender = &mut self.staged[at];
+            for x in run {
+                appender.push(&x).map_err(failed)?;
+            }
         }
         Ok(())
     }
 
+    fn staged(&self) -> Staged {
+        self.staged.iter().fold(Staged::default(), |s, a| Staged {
+            exchanges: s.exchanges + a.pending(),
+            bytes: s.bytes + a.bytes(),
+        })
+    }
+
+    fn commit(&mut self) -> Result<(), SinkError> {
+        // Every task's blocks are written even when one task's fail; the first error is
+        // returned. Appenders of tasks with nothing pending are dropped (ended tasks).
+        let mut result = Ok(());
+        self.staged.retain(|a| a.pending() > 0);
+        for appender in &mut self.staged {
+            if let Err(e) = self.store.commit(appender) {
+                if result.is_ok() {
+                    result = Err(SinkError::new("append exchanges to the store")(Box::new(e)));
+                }
+            }
+        }
+        result
+    }
+
     fn put_task(&mut self, task: &TaskRecord) -> Result<(), SinkError> {
-        self.0
+        self.store
             .put_task(task)
             .map_err(|e| SinkError::new("save a task")(Box::new(e)))
     }
 
     fn put_edges(&mut self, edges: &[TopologyEdge]) -> Result<(), SinkError> {
-        self.0
+        self.store
             .put_edges(edges)
             .map_err(|e| SinkError::new("save the topology")(Box::new(e)))
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
-        self.0
+        self.commit()?;
+        self.store
             .flush()
             .map(|_| ())
             .map_err(|e| SinkError::new("flush the store")(Box::new(e)))
@@ -137,7 +217,7 @@ impl BackgroundFlushSink {
         // One pending request at most: requests while a flush runs fold into the next one.
         let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
         let failed: Arc<Mutex<Option<String>>> = Arc::default();
-        let (store, report) = (inner.0.clone(), failed.clone());
+        let (store, report) = (inner.store.clone(), failed.clone());
         let thread = std::thread::Builder::new()
             .name("deetune-flush".into())
             .spawn(move || {
@@ -165,6 +245,14 @@ impl Sink for BackgroundFlushSink {
         self.inner.write(batch)
     }
 
+    fn staged(&self) -> Staged {
+        self.inner.staged()
+    }
+
+    fn commit(&mut self) -> Result<(), SinkError> {
+        self.inner.commit()
+    }
+
     fn put_task(&mut self, task: &TaskRecord) -> Result<(), SinkError> {
         self.inner.put_task(task)
     }
@@ -178,6 +266,7 @@ impl Sink for BackgroundFlushSink {
     }
 
     fn flush_soon(&mut self) -> Result<(), SinkError> {
+        self.inner.commit()?;
         if let Some(tx) = &self.tx {
             // Full: a flush is pending already and covers what was written so far.
             let _ = tx.try_send(());
@@ -384,7 +473,7 @@ pub struct EngineStats {
     pub open_connections: u64,
     /// Running tasks.
     pub running_tasks: u64,
-    /// Batches written.
+    /// Batches of exchanges handed to the sink.
     pub batches: u64,
     /// Sink errors (each also logged).
     pub sink_errors: u64,
@@ -464,12 +553,18 @@ impl From<CaptureStats> for CaptureCounters {
 pub struct EngineOptions {
     /// Flush at least this often.
     pub flush_every: Duration,
-    /// Flush when this many exchanges wait. Every flush is one sled batch, and sled writes
-    /// (and starts writeback of) its log buffer per batch, waking one of its I/O threads: at
-    /// 512 that cost ≈ 20 % of the daemon's CPU at 60k exchanges/s. 2,048 gets nearly all of
-    /// that back; beyond ≈ 4,096 the exchanges held no longer stay in the cache, and each
-    /// one held is memory (see `docs/benchmarks.md`).
+    /// Hand recorded exchanges to the sink when this many wait: small, so that a sink that
+    /// encodes them ([`StoreSink`]) does so while they are still in the cache, and frees
+    /// them soon (held exchanges made jemalloc flush its thread cache).
+    pub stage: usize,
+    /// Commit (see [`Sink::commit`]) when this many exchanges are staged. Each commit is one
+    /// sled batch per task, and sled writes its log buffer and waits for the disk once per
+    /// batch, on one of its I/O threads: at 2,048 exchanges per batch that was ≈ 12 % of the
+    /// daemon's CPU at 60k exchanges/s. Staged exchanges are compressed (≈ 60 bytes each for
+    /// small HTTP calls), so holding many costs little memory.
     pub batch: usize,
+    /// Commit when the staged exchanges take this many bytes.
+    pub batch_bytes: usize,
     /// Stop when no task runs any more (`deetune record`).
     pub exit_when_idle: bool,
 }
@@ -478,7 +573,9 @@ impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             flush_every: Duration::from_millis(200),
-            batch: 2048,
+            stage: 64,
+            batch: 16_384,
+            batch_bytes: 8 << 20,
             exit_when_idle: false,
         }
     }
@@ -548,19 +645,49 @@ impl<S: Sink> Engine<S> {
         self.flush_with(durable, true)
     }
 
-    /// [`Self::flush`]; `wait: false` lets the sink make it durable later.
-    fn flush_with(&mut self, durable: bool, wait: bool) -> Result<(), SinkError> {
-        let out = self.pipeline.take_recorded();
-        let mut result = Ok(());
-        if !out.is_empty() {
-            self.stats.batches += 1;
-            let n = out.len();
-            if let Err(e) = self.sink.write(out) {
-                self.stats.sink_errors += 1;
-                tracing::error!(error = %e, lost = n, "Recorded exchanges could not be written.");
-                result = Err(e);
+    /// Handles one event; hands what tasks recorded to the sink every
+    /// [`EngineOptions::stage`] exchanges and commits it (with the task records) when
+    /// [`EngineOptions::batch`] or `batch_bytes` is reached. Errors are counted and logged.
+    pub fn handle(&mut self, ev: StreamEvent) {
+        self.pipeline.handle(ev);
+        if self.pipeline.output_len() >= self.options.stage {
+            let _ = self.stage();
+            if self.commit_due() {
+                let _ = self.flush(false);
             }
         }
+    }
+
+    /// Hands the waiting exchanges to the sink.
+    fn stage(&mut self) -> Result<(), SinkError> {
+        let out = self.pipeline.take_recorded();
+        if out.is_empty() {
+            return Ok(());
+        }
+        let n = out.len();
+        self.stats.batches += 1;
+        self.sink.write(out).inspect_err(|e| {
+            self.stats.sink_errors += 1;
+            tracing::error!(error = %e, lost = n, "Recorded exchanges could not be written.");
+        })
+    }
+
+    /// True when the sink holds enough to commit.
+    fn commit_due(&self) -> bool {
+        let staged = self.sink.staged();
+        staged.exchanges >= self.options.batch as u64 || staged.bytes >= self.options.batch_bytes
+    }
+
+    /// [`Self::flush`]; `wait: false` lets the sink make it durable later.
+    fn flush_with(&mut self, durable: bool, wait: bool) -> Result<(), SinkError> {
+        let mut result = self.stage();
+        let staged = self.sink.staged().exchanges;
+        if let Err(e) = self.sink.commit() {
+            self.stats.sink_errors += 1;
+            tracing::error!(error = %e, lost = staged, "Recorded exchanges could not be written.");
+            result = Err(e);
+        }
+
         // Persist task records after their exchanges: a record never counts exchanges the
         // store does not have.
         let changed = self.pipeline.tasks.take_changed();
@@ -684,10 +811,7 @@ impl<S: Sink> Engine<S> {
                         let mut next = Some(ev);
                         let mut n = 0;
                         while let Some(ev) = next {
-                            self.pipeline.handle(ev);
-                            if self.pipeline.output_len() >= self.options.batch {
-                                let _ = self.flush(false);
-                            }
+                            self.handle(ev);
                             if self.options.exit_when_idle && self.pipeline.tasks.is_empty() {
                                 break;
                             }

@@ -24,7 +24,7 @@ pub use daemon::{interrupt_running, run_daemon, DaemonError, RecorderConfig, DEF
 pub use engine::{
     new_task, now_ms, record, BackgroundFlushSink, BundleSink, CaptureCounters, Command, Engine,
     EngineEnd, EngineOptions, EngineStats, EventSource, MemorySink, NoEvents, RecordError, Sink,
-    SinkError, StoreSink,
+    SinkError, Staged, StoreSink,
 };
 pub use events::{ConnInfo, GapReason, StreamEvent};
 pub use pipeline::{Pipeline, PipelineConfig, PipelineStats};

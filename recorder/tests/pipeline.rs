@@ -521,7 +521,7 @@ async fn redaction_removes_secrets_from_the_stored_bytes() {
         ..TaskSpec::default()
     };
     let (p, ids) = pipeline(&[spec], &[]);
-    let mut engine = Engine::new(p, StoreSink(store.clone()), EngineOptions::default());
+    let mut engine = Engine::new(p, StoreSink::new(store.clone()), EngineOptions::default());
     let chunks = vec![
         http_post("/pay", "Authorization: Bearer SECRET-TOKEN-1\r\nCookie: sid=SECRET-COOKIE-2\r\nX-Api-Key: SECRET-KEY-3\r\n", r#"{"card":{"number":"4111SECRET4","exp":"12/30"}}"#),
         http_ok("{}", "Set-Cookie: sid=SECRET-SETCOOKIE-5\r\n"),
@@ -714,7 +714,7 @@ async fn background_flush_sink_keeps_everything_written() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (p, ids) = pipeline(&[TaskSpec::default()], &[]);
     let store = Arc::new(Store::open(dir.path()).expect("store"));
-    let sink = BackgroundFlushSink::new(StoreSink(store.clone())).expect("sink");
+    let sink = BackgroundFlushSink::new(StoreSink::new(store.clone())).expect("sink");
     let mut engine = Engine::new(
         p,
         sink,

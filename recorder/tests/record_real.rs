@@ -252,11 +252,9 @@ fn redis_auth_is_redacted_in_the_store_and_topology_counts() {
             traffic.await.expect("traffic");
             tokio::time::sleep(Duration::from_millis(1500)).await;
         };
-        let mut sink = StoreSink(store.clone());
-        let (_t, s, _) = record(task, &[], capture, sink.clone(), stop)
+        let (_t, mut sink, _) = record(task, &[], capture, StoreSink::new(store.clone()), stop)
             .await
             .expect("record");
-        drop(s);
         let edges = store.edges().expect("edges");
         let _ = deetune_recorder::Sink::flush(&mut sink);
         edges

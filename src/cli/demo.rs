@@ -299,7 +299,7 @@ async fn demo(out: Option<PathBuf>, rounds: u32, http_only: bool) -> anyhow::Res
         deetune_recorder::new_task(spec),
         &[],
         capture,
-        deetune_recorder::StoreSink(Arc::clone(&store)),
+        deetune_recorder::StoreSink::new(Arc::clone(&store)),
         async {
             let _ = stop_rx.await;
         },

@@ -266,6 +266,98 @@ impl BlockBuilder {
     }
 }
 
+/// One task's exchanges on their way into the store: each is encoded into the block being
+/// built when it is pushed (so the caller can drop it at once, while it is still in the
+/// cache), full blocks are compressed and held, and [`Store::commit`] writes them in one sled
+/// batch. sled writes out its log buffer and waits for that write once per batch, so a
+/// recorder pushes as exchanges come and commits far less often (the daemon: every 16,384
+/// exchanges or 200 ms).
+pub struct Appender {
+    task_id: String,
+    open: BlockBuilder,
+    sealed: Vec<(Vec<u8>, u64)>,
+    sealed_bytes: usize,
+    pending: u64,
+}
+
+impl std::fmt::Debug for Appender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Appender")
+            .field("task_id", &self.task_id)
+            .field("pending", &self.pending)
+            .field("bytes", &self.bytes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Appender {
+    /// An empty appender for a task (the task record need not exist yet).
+    ///
+    /// # Errors
+    /// Invalid task id.
+    pub fn new(task_id: &str) -> Result<Self, StoreError> {
+        check_task_id(task_id)?;
+        Ok(Self {
+            task_id: task_id.to_owned(),
+            open: BlockBuilder::new(),
+            sealed: Vec::new(),
+            sealed_bytes: 0,
+            pending: 0,
+        })
+    }
+
+    /// The task.
+    #[must_use]
+    pub fn task_id(&self) -> &str {
+        &self.task_id
+    }
+
+    /// Encodes an exchange into the block being built (sealing it when full).
+    ///
+    /// # Errors
+    /// The exchange cannot be encoded, or its block cannot be compressed (the exchanges of
+    /// that block are then lost; the appender stays usable).
+    pub fn push(&mut self, x: &Exchange) -> Result<(), StoreError> {
+        self.open.push_exchange(x)?;
+        self.pending += 1;
+        if self.open.is_full() {
+            self.seal_open()?;
+        }
+        Ok(())
+    }
+
+    fn seal_open(&mut self) -> Result<(), StoreError> {
+        if self.open.count == 0 {
+            return Ok(());
+        }
+        match self.open.seal() {
+            Ok(block) => {
+                self.sealed_bytes += block.0.len();
+                self.sealed.push(block);
+                Ok(())
+            }
+            Err(e) => {
+                self.pending = self.pending.saturating_sub(self.open.count);
+                self.open.records.clear();
+                self.open.count = 0;
+                Err(e)
+            }
+        }
+    }
+
+    /// Exchanges pushed since the last commit.
+    #[must_use]
+    pub fn pending(&self) -> u64 {
+        self.pending
+    }
+
+    /// Memory the pending exchanges take: compressed blocks plus the open block's records.
+    #[must_use]
+    pub fn bytes(&self) -> usize {
+        self.sealed_bytes + self.open.records.len()
+    }
+}
+
 /// The uncompressed content of a stored block.
 enum BlockBody {
     /// Version 1: exchange JSON lines joined by `\n`.
@@ -912,18 +1004,27 @@ impl Store {
         task_id: &str,
         exchanges: &[Exchange],
     ) -> Result<Vec<ExchangeId>, StoreError> {
-        let mut blocks = Vec::new();
-        let mut builder = BlockBuilder::new();
+        let mut appender = Appender::new(task_id)?;
         for x in exchanges {
-            builder.push_exchange(x)?;
-            if builder.is_full() {
-                blocks.push(builder.seal()?);
-            }
+            appender.push(x)?;
         }
-        if builder.count > 0 {
-            blocks.push(builder.seal()?);
-        }
-        self.append_blocks(task_id, blocks)
+        self.commit(&mut appender)
+    }
+
+    /// Writes what `appender` holds (its sealed blocks and the one being built) in one
+    /// atomic batch, like [`Self::append`] with those exchanges; the appender is empty
+    /// afterwards, also when this fails (the exchanges not written are then lost).
+    ///
+    /// # Errors
+    /// sled fails.
+    pub fn commit(&self, appender: &mut Appender) -> Result<Vec<ExchangeId>, StoreError> {
+        // A block that cannot be sealed is lost alone: the others are still written.
+        let sealed = appender.seal_open();
+        appender.pending = 0;
+        appender.sealed_bytes = 0;
+        let blocks = std::mem::take(&mut appender.sealed);
+        let ids = self.append_blocks(&appender.task_id, blocks)?;
+        sealed.map(|()| ids)
     }
 
     /// Appends sealed blocks (see [`BlockBuilder::seal`]) of `count` exchanges in one sled

@@ -21,8 +21,8 @@ pub use bundle::{
     BUNDLE_VERSION, MAX_LINE_BYTES,
 };
 pub use db::{
-    default_data_dir, ExchangeId, ExchangeQuery, ImportSummary, Retention, Store, StoreOptions,
-    TaskUsage, STORE_FORMAT_VERSION,
+    default_data_dir, Appender, ExchangeId, ExchangeQuery, ImportSummary, Retention, Store,
+    StoreOptions, TaskUsage, STORE_FORMAT_VERSION,
 };
 pub use error::{BundleError, StoreError};
 pub use har::write_har;

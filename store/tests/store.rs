@@ -341,6 +341,77 @@ fn find_exchanges_filters_by_interface_and_limit() {
     ));
 }
 
+#[test]
+fn an_appender_holds_its_exchanges_until_committed_then_adds_them_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let read = |task: &str| -> Vec<(ExchangeId, deetune_protocols::Exchange)> {
+        store.exchanges(task).map(Result::unwrap).collect()
+    };
+    // Two tasks' appenders filled in turns; 600 exchanges are more than two full blocks.
+    let input = common::mixed(600);
+    let mut a = deetune_store::Appender::new("t-a").unwrap();
+    let mut b = deetune_store::Appender::new("t-b").unwrap();
+    for (i, x) in input.iter().enumerate() {
+        if i % 3 == 0 {
+            b.push(x).unwrap();
+        } else {
+            a.push(x).unwrap();
+        }
+    }
+    assert_eq!((a.pending(), b.pending()), (400, 201));
+    assert!(a.bytes() > 0 && b.bytes() > 0);
+    assert_eq!(
+        store.task_usage("t-a").unwrap().exchanges,
+        0,
+        "nothing before commit"
+    );
+    assert!(read("t-a").is_empty());
+
+    let ids = store.commit(&mut a).unwrap();
+    assert_eq!(
+        (a.pending(), a.bytes()),
+        (0, 0),
+        "a commit empties the appender"
+    );
+    assert_eq!(ids.len(), 400);
+    assert!(
+        ids.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+        "consecutive ids"
+    );
+    let expected_a: Vec<_> = input
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 0)
+        .map(|(_, x)| x.clone())
+        .collect();
+    let got: Vec<_> = read("t-a").into_iter().map(|(_, x)| x).collect();
+    assert_eq!(got, expected_a);
+    assert_eq!(store.task_usage("t-a").unwrap().exchanges, 400);
+    assert!(
+        read("t-b").is_empty(),
+        "the other task's appender is not committed"
+    );
+
+    // The appender goes on: more exchanges land after those committed.
+    a.push(&input[0]).unwrap();
+    let more = store.commit(&mut a).unwrap();
+    assert!(more[0].0 > ids[399].0);
+    let got = read("t-a");
+    assert_eq!(got.len(), 401);
+    assert_eq!(got[400].1, input[0]);
+    assert!(
+        store.commit(&mut a).unwrap().is_empty(),
+        "an empty commit adds nothing"
+    );
+    store.commit(&mut b).unwrap();
+    assert_eq!(read("t-b").len(), 201);
+    assert!(matches!(
+        deetune_store::Appender::new(""),
+        Err(StoreError::InvalidTaskId { .. })
+    ));
+}
+
 const CHILD_ENV: &str = "DEETUNE_STORE_CRASH_CHILD";
 const BATCH: u64 = 200;
 const BACKGROUND_ENV: &str = "DEETUNE_STORE_CRASH_BACKGROUND";
