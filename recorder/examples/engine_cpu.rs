@@ -2,7 +2,7 @@
 //! counts (callgrind) that a loaded machine does not blur: keep-alive HTTP connections shaped
 //! like `ci/bench-record`'s wrk → nginx (the client end opened but carrying no data, as with
 //! the kernel's loopback dedup), decoded, topology, one task recording every exchange, stored
-//! through [`Engine::handle`] and [`StoreSink`] as the daemon does (encoded 64 exchanges at a
+//! through [`Engine::handle`] and [`StoreSink`] as the daemon does (encoded 16 exchanges at a
 //! time, committed every 16,384) into a temporary store (block encoding, zstd, sled), with
 //! the jemalloc allocator of the `deetune` binary.
 //!
@@ -71,7 +71,7 @@ fn main() {
     if let Some(b) = std::env::args().nth(2).and_then(|a| a.parse().ok()) {
         options.batch = b;
     }
-    // A third, the exchanges handed to the sink at a time (the daemon's: 64).
+    // A third, the exchanges handed to the sink at a time (the daemon's: 16).
     if let Some(b) = std::env::args().nth(3).and_then(|a| a.parse().ok()) {
         options.stage = b;
     }

@@ -171,6 +171,7 @@ const RECORD_HEADER: usize = 5;
 struct BlockBuilder {
     records: Vec<u8>,
     count: u64,
+    conns: crate::binary::ConnCache,
 }
 
 thread_local! {
@@ -185,6 +186,7 @@ impl BlockBuilder {
         Self {
             records: Vec::with_capacity(64 * 1024),
             count: 0,
+            conns: crate::binary::ConnCache::default(),
         }
     }
 
@@ -213,7 +215,7 @@ impl BlockBuilder {
     /// Adds an exchange in the binary form (as JSON when it cannot be: nested too deep).
     fn push_exchange(&mut self, x: &Exchange) -> Result<(), StoreError> {
         let at = self.open_record(RECORD_BINARY);
-        if crate::binary::encode_exchange(x, &mut self.records).is_err() {
+        if crate::binary::encode_exchange_cached(x, &mut self.records, &mut self.conns).is_err() {
             self.records.truncate(at);
             let at = self.open_record(RECORD_JSON);
             if let Err(source) = serde_json::to_writer(&mut self.records, x) {
