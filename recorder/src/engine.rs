@@ -126,7 +126,9 @@ impl StoreSink {
 
 impl Sink for StoreSink {
     fn write(&mut self, batch: Recorded) -> Result<(), SinkError> {
-        let failed = |e| SinkError::new("append exchanges to the store")(Box::new(e));
+        // An exchange that cannot be encoded is lost alone: the others of the batch are
+        // still staged. The first error is returned.
+        let mut first: Option<deetune_store::StoreError> = None;
         for (task, run) in batch.into_runs() {
             let at = match self
                 .staged
@@ -134,17 +136,27 @@ impl Sink for StoreSink {
                 .position(|a| a.task_id() == task.as_str())
             {
                 Some(at) => at,
-                None => {
-                    self.staged.push(Appender::new(&task).map_err(failed)?);
-                    self.staged.len() - 1
-                }
+                None => match Appender::new(&task) {
+                    Ok(a) => {
+                        self.staged.push(a);
+                        self.staged.len() - 1
+                    }
+                    Err(e) => {
+                        first.get_or_insert(e);
+                        continue;
+                    }
+                },
             };
             let appender = &mut self.staged[at];
             for x in run {
-                appender.push(&x).map_err(failed)?;
+                if let Err(e) = appender.push(&x) {
+                    first.get_or_insert(e);
+                }
             }
         }
-        Ok(())
+        first.map_or(Ok(()), |e| {
+            Err(SinkError::new("append exchanges to the store")(Box::new(e)))
+        })
     }
 
     fn staged(&self) -> Staged {
@@ -670,7 +682,7 @@ impl<S: Sink> Engine<S> {
         self.stats.batches += 1;
         self.sink.write(out).inspect_err(|e| {
             self.stats.sink_errors += 1;
-            tracing::error!(error = %e, lost = n, "Recorded exchanges could not be written.");
+            tracing::error!(error = %e, batch = n, "Recorded exchanges of this batch (at most all of it) could not be written.");
         })
     }
 
