@@ -752,3 +752,59 @@ async fn background_flush_sink_keeps_everything_written() {
     let n = store.exchanges(&ids[0]).count();
     assert_eq!(n, 2);
 }
+
+/// Guards the staged writes: exchanges reach the store in commits (every `batch` staged),
+/// and each commit saves the task records after the exchanges they count, so the stored
+/// record never counts more than the store holds — between commits and at the end.
+#[test]
+fn staged_commits_keep_the_stored_task_record_within_the_stored_exchanges() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(dir.path()).expect("store"));
+    let (p, ids) = pipeline(&[TaskSpec::default()], &[]);
+    let mut engine = Engine::new(
+        p,
+        StoreSink::new(store.clone()),
+        EngineOptions {
+            stage: 4,
+            batch: 10,
+            flush_every: std::time::Duration::from_secs(3600),
+            ..EngineOptions::default()
+        },
+    );
+    let chunks: Vec<_> = (0..25)
+        .flat_map(|i| [http_get(&format!("/{i}"), ""), http_ok("x", "")])
+        .collect();
+    let stored = |store: &Store| {
+        let usage = store.task_usage(&ids[0]).expect("usage").exchanges;
+        let record = store
+            .task(&ids[0])
+            .expect("task")
+            .map_or(0, |t| t.stats.recorded);
+        (usage, record)
+    };
+    let mut seen = Vec::new();
+    for ev in loopback(1, "a", "b", 80, 40004, &chunks) {
+        engine.handle(ev);
+        let (usage, record) = stored(&store);
+        assert!(
+            record <= usage,
+            "the stored record counts {record}, the store holds {usage}"
+        );
+        seen.push(usage);
+    }
+    // Hand-overs of 4; a commit once 10 or more are staged: at 12 and at 24.
+    seen.dedup();
+    assert_eq!(seen, [0, 12, 24], "commits as staged");
+    assert_eq!(stored(&store), (24, 24));
+    engine.flush(true).expect("flush");
+    assert_eq!(stored(&store), (25, 25));
+    let paths: Vec<String> = store
+        .exchanges(&ids[0])
+        .map(|r| match r.expect("exchange").1.request {
+            Request::Http(h) => h.target,
+            other => panic!("not HTTP: {other:?}"),
+        })
+        .collect();
+    let expected: Vec<String> = (0..25).map(|i| format!("/{i}")).collect();
+    assert_eq!(paths, expected, "in recorded order");
+}
