@@ -277,16 +277,15 @@ impl BlockBuilder {
 pub struct Appender {
     task_id: String,
     open: BlockBuilder,
+    /// Compressed blocks and the exchanges in each.
     sealed: Vec<(Vec<u8>, u64)>,
-    sealed_bytes: usize,
-    pending: u64,
 }
 
 impl std::fmt::Debug for Appender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Appender")
             .field("task_id", &self.task_id)
-            .field("pending", &self.pending)
+            .field("pending", &self.pending())
             .field("bytes", &self.bytes())
             .finish_non_exhaustive()
     }
@@ -303,8 +302,6 @@ impl Appender {
             task_id: task_id.to_owned(),
             open: BlockBuilder::new(),
             sealed: Vec::new(),
-            sealed_bytes: 0,
-            pending: 0,
         })
     }
 
@@ -321,7 +318,6 @@ impl Appender {
     /// that block are then lost; the appender stays usable).
     pub fn push(&mut self, x: &Exchange) -> Result<(), StoreError> {
         self.open.push_exchange(x)?;
-        self.pending += 1;
         if self.open.is_full() {
             self.seal_open()?;
         }
@@ -334,12 +330,10 @@ impl Appender {
         }
         match self.open.seal() {
             Ok(block) => {
-                self.sealed_bytes += block.0.len();
                 self.sealed.push(block);
                 Ok(())
             }
             Err(e) => {
-                self.pending = self.pending.saturating_sub(self.open.count);
                 self.open.records.clear();
                 self.open.count = 0;
                 Err(e)
@@ -350,13 +344,13 @@ impl Appender {
     /// Exchanges pushed since the last commit.
     #[must_use]
     pub fn pending(&self) -> u64 {
-        self.pending
+        self.sealed.iter().map(|(_, n)| n).sum::<u64>() + self.open.count
     }
 
     /// Memory the pending exchanges take: compressed blocks plus the open block's records.
     #[must_use]
     pub fn bytes(&self) -> usize {
-        self.sealed_bytes + self.open.records.len()
+        self.sealed.iter().map(|(b, _)| b.len()).sum::<usize>() + self.open.records.len()
     }
 }
 
@@ -1022,8 +1016,6 @@ impl Store {
     pub fn commit(&self, appender: &mut Appender) -> Result<Vec<ExchangeId>, StoreError> {
         // A block that cannot be sealed is lost alone: the others are still written.
         let sealed = appender.seal_open();
-        appender.pending = 0;
-        appender.sealed_bytes = 0;
         let blocks = std::mem::take(&mut appender.sealed);
         let ids = self.append_blocks(&appender.task_id, blocks)?;
         sealed.map(|()| ids)
